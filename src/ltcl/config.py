@@ -24,9 +24,10 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the images come from and how the long-tailed training set is built."""
 
-    dataset: str = "digits_lt"  # digits_lt | cifar10_lt | cifar100_lt | imagenet_lt | places_lt | inat2018 | image_folder
+    # digits_lt | cifar10_lt | cifar100_lt | imagenet_lt | places_lt | inat2018 | image_folder
+    dataset: str = "digits_lt"
     root: str = ""  # .npz file, CIFAR folder, image root or class-folder tree, by dataset
-    train_list: str = ""  # split-list datasets: "path label" lines (paths are relative to the working directory)
+    train_list: str = ""  # split-list datasets: "path label" lines; the image paths in it are relative to root
     val_list: str = ""
     test_list: str = ""
     imbalance_factor: float = 100.0  # N_max / N_min of the long-tailed training subset (1 = keep all)

@@ -1,0 +1,43 @@
+"""SupConLoss: the supervised contrastive baseline (Eq. 1) with optional DDP gather."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ltcl.losses import functional as LF
+from ltcl.losses.gather import gather_rows, global_mean
+
+
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss (Eq. 1, Khosla et al.), the SCL of the paper's ablations.
+
+    Anchors are all rows; the positives of row i are the other rows with its label (other views of the same image
+    included); the denominator sums over every other row. Anchors without positives are left out of the mean,
+    never turned into NaN.
+
+    Args:
+        temperature: tau > 0.
+        gather_distributed: contrast against the global batch under torch.distributed (see AlignedContrastiveLoss).
+
+    Shapes:
+        forward(features (N, D) L2-normalised, labels (N,) int64) -> scalar.
+    """
+
+    def __init__(self, temperature: float = 0.05, *, gather_distributed: bool = False) -> None:
+        super().__init__()
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
+        self.temperature = float(temperature)
+        self.gather_distributed = bool(gather_distributed)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
+
+    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        anchors = None
+        if self.gather_distributed:
+            features, labels, anchors = gather_rows(features, labels)
+        per_anchor, has_positive = LF.supervised_contrastive_per_anchor(
+            features, labels, temperature=self.temperature, anchors=anchors
+        )
+        return global_mean(per_anchor, has_positive)
