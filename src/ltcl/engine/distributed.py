@@ -1,0 +1,73 @@
+"""torchrun initialisation and rank-0 helpers.
+
+``torchrun --nnodes N --nproc-per-node G -m ltcl.cli train ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; without
+them the run is a single process. Gathering with gradient lives in :mod:`ltcl.losses.gather` (losses never
+import the engine).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ltcl.losses.gather import distributed_world
+
+__all__ = ["DistributedContext", "all_reduce_sum", "distributed_world", "init_distributed", "shutdown"]
+
+
+@dataclass
+class DistributedContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"train.device must be auto, cpu or cuda, got '{requested}'.")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available.")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(requested_device: str = "auto") -> DistributedContext:
+    """Joins the torchrun process group when launched by torchrun; a single process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _pick_device(requested_device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(rank, world_size, local_rank, device)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sums ``tensor`` over processes in place (no-op for a single process) and returns it."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

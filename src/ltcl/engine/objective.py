@@ -1,0 +1,96 @@
+"""The training objective of Eq. 10: ``alpha * contrastive + classification over all views``.
+
+``loss.objective`` names a classification loss (``ce``, ``bs`` Balanced Softmax, ``la`` logit-adjusted
+cross-entropy), optionally followed by ``+scl`` or ``+acl``: ``bs``, ``bs+scl``, ``bs+acl``, ``ce``, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ltcl.config import LossConfig
+from ltcl.losses import AlignedContrastiveLoss, BalancedSoftmaxLoss, LogitAdjustedLoss, SupConLoss
+
+CLASSIFICATION = ("ce", "bs", "la")
+CONTRASTIVE = ("scl", "acl")
+
+
+def parse_objective(objective: str) -> tuple[str, str | None]:
+    """``"bs+acl"`` -> ``("bs", "acl")``; ``"bs"`` -> ``("bs", None)``."""
+    parts = objective.strip().lower().split("+")
+    valid = len(parts) in (1, 2) and parts[0] in CLASSIFICATION and (len(parts) == 1 or parts[1] in CONTRASTIVE)
+    if not valid:
+        raise ValueError(
+            f"loss.objective '{objective}' is not one of ce, bs, la, optionally followed by +scl or +acl "
+            "(for example bs+acl)."
+        )
+    return parts[0], parts[1] if len(parts) == 2 else None
+
+
+class Objective(nn.Module):
+    """Classification loss on every view plus ``alpha`` times the contrastive loss on the selected views.
+
+    Args:
+        loss_cfg: the ``loss`` section of the config.
+        class_counts: (C,) training images per class.
+        projection_dim: D, size of the projections (ACL's centres live there).
+        gather_distributed: contrast against the global batch under torch.distributed.
+
+    Shapes:
+        forward(logits (V*B, C), labels (V*B,), projections (V*B, D) or None, contrastive_mask (V*B,) bool)
+        -> (total loss, {"cls": ..., "con": ...} detached parts).
+    """
+
+    def __init__(self, loss_cfg: LossConfig, class_counts: Sequence[int], projection_dim: int,
+                 gather_distributed: bool = False) -> None:
+        super().__init__()
+        self.classification_kind, self.contrastive_kind = parse_objective(loss_cfg.objective)
+        self.alpha = float(loss_cfg.alpha)
+        if self.classification_kind == "bs":
+            self.classification = BalancedSoftmaxLoss(class_counts)
+        elif self.classification_kind == "la":
+            self.classification = LogitAdjustedLoss(class_counts, tau=loss_cfg.logit_adjust_tau)
+        else:
+            self.classification = None
+        self.contrastive: nn.Module | None = None
+        if self.contrastive_kind == "scl":
+            self.contrastive = SupConLoss(loss_cfg.temperature, gather_distributed=gather_distributed)
+        elif self.contrastive_kind == "acl":
+            self.contrastive = AlignedContrastiveLoss(
+                class_counts,
+                projection_dim,
+                temperature=loss_cfg.temperature,
+                center_momentum=loss_cfg.center_momentum,
+                use_centers=loss_cfg.use_centers,
+                negative_weighting=loss_cfg.negative_weighting,
+                gather_distributed=gather_distributed,
+            )
+        if self.contrastive is not None and projection_dim <= 0:
+            raise ValueError(
+                f"loss.objective '{loss_cfg.objective}' needs a projection head: set model.projection_dim > 0."
+            )
+
+    @property
+    def needs_projections(self) -> bool:
+        return self.contrastive is not None
+
+    def forward(self, logits: Tensor, labels: Tensor, projections: Tensor | None,
+                contrastive_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.classification is None:
+            cls = F.cross_entropy(logits.float(), labels)
+        else:
+            cls = self.classification(logits, labels)
+        parts = {"cls": cls.detach()}
+        if self.contrastive is None:
+            return cls, parts
+        con = self.contrastive(projections[contrastive_mask], labels[contrastive_mask])
+        parts["con"] = con.detach()
+        return cls + self.alpha * con, parts
+
+
+def needs_projection_head(objective: str) -> bool:
+    return parse_objective(objective)[1] is not None
+
