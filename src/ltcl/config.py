@@ -121,6 +121,7 @@ class TrainConfig:
     compile: bool = False
     eval_every: int = 10  # epochs between evaluations (the last epoch is always evaluated)
     max_steps_per_epoch: int = 0  # 0: whole epochs; >0 cuts each epoch (smoke tests)
+    checkpoint_every_steps: int = 0  # also save checkpoint_last.pt every this many steps inside an epoch (0: off)
     monitor_conflicts: bool = False  # record SCL's per-class gradient-conflict ratio (Fig. 4a)
     tensorboard: bool = True
     progress: bool = True
