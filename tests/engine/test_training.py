@@ -1,0 +1,164 @@
+"""End-to-end training through the real command line, on the bundled digits and the shared CIFAR-10 file.
+
+Covers: the run directory's contents, a run killed mid-epoch (SIGKILL) and resumed ending with the same weights
+as an uninterrupted one, eval and predict on the checkpoint, and a 2-process torchrun run that equals one process.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ltcl.engine.trainer import KILL_AT_STEP
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = str(REPO / "configs" / "digits_lt.yaml")
+TINY = [
+    "model.backbone=resnet8", "data.batch_size=32", "data.num_workers=0", "train.progress=false",
+    "optim.warmup_epochs=0", "train.eval_every=1",
+]
+
+
+def ltcl(*args, env=None, check=True):
+    """Runs ``python -m ltcl.cli ARGS`` and returns the completed process."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "ltcl.cli", *args], capture_output=True, text=True, env=full_env,
+                          cwd=REPO, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ltcl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def sets(*overrides):
+    return [item for o in overrides for item in ("--set", o)]
+
+
+def final_weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["model"]
+
+
+def test_a_run_writes_its_directory(tmp_path):
+    proc = ltcl("train", "-c", DIGITS, *sets(*TINY, "optim.epochs=2", "train.max_steps_per_epoch=3",
+                                             f"train.output_dir={tmp_path}", "train.monitor_conflicts=true"))
+    run = tmp_path / "digits_lt"
+    assert "| Many | Medium | Few | All |" in proc.stdout and "epoch 2/2" in proc.stdout
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["run"]["seed"] == 0 and config["run"]["code_revision"]
+    assert config["model"]["backbone"] == "resnet8" and config["train"]["output_dir"] == str(tmp_path)
+    counts = json.loads((run / "class_counts.json").read_text())
+    assert counts["class_counts"] == [124, 96, 74, 57, 44, 34, 26, 20, 16, 12]
+    assert counts["contrastive_views"] == [4 if n < 20 else 3 if n <= 100 else 2 for n in counts["class_counts"]]
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[-1]["eval_split"] == "test"
+    conflicts = list(csv.DictReader((run / "conflicts.csv").open()))
+    assert len(conflicts) == 2 * 10 and int(conflicts[0]["positive_pairs"]) > 0
+    results = json.loads((run / "results.json").read_text())
+    assert 0 <= results["test"]["all"] <= 100 and results["class_counts"] == counts["class_counts"]
+    report = (run / "report.md").read_text()
+    assert "| Many | Medium | Few | All |" in report and "code" in report
+    assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+    assert (run / "checkpoint_last.pt").exists() and not (run / "checkpoint_best.pt").exists()  # no val split
+
+    # A second run into the same directory must not silently continue or overwrite it.
+    again = ltcl("train", "-c", DIGITS, *sets(*TINY, f"train.output_dir={tmp_path}"), check=False)
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    common = [*TINY, "optim.epochs=3", "train.max_steps_per_epoch=4", "train.deterministic=true",
+              "train.checkpoint_every_steps=2", "optim.warmup_epochs=1"]
+    ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'straight'}"))
+
+    killed_dir = tmp_path / "killed"
+    # Step 7 is the 3rd batch of epoch 2: the last checkpoint was written after its 2nd batch.
+    proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed_dir}"),
+                env={KILL_AT_STEP: "7"}, check=False)
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(killed_dir / "digits_lt" / "checkpoint_last.pt", weights_only=True)
+    assert (state["epoch"], state["batch"], state["global_step"]) == (1, 2, 6)
+
+    resumed = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed_dir}"),
+                   "--resume", str(killed_dir / "digits_lt" / "checkpoint_last.pt"))
+    assert "resumed from" in resumed.stdout
+    want, got = final_weights(tmp_path / "straight" / "digits_lt"), final_weights(killed_dir / "digits_lt")
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    rows = list(csv.DictReader((killed_dir / "digits_lt" / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # the interrupted epoch is logged once
+
+
+def test_eval_and_predict_use_the_checkpoint(tmp_path):
+    ltcl("train", "-c", DIGITS, *sets(*TINY, "optim.epochs=1", "train.max_steps_per_epoch=2",
+                                      f"train.output_dir={tmp_path}"))
+    checkpoint = tmp_path / "digits_lt" / "checkpoint_last.pt"
+    results = json.loads((tmp_path / "digits_lt" / "results.json").read_text())
+
+    proc = ltcl("eval", "--checkpoint", str(checkpoint), "--json")
+    assert json.loads(proc.stdout)["all"] == pytest.approx(results["test"]["all"])
+    assert "| test |" in ltcl("eval", "--checkpoint", str(checkpoint)).stdout
+
+    image = tmp_path / "digit.png"
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(image)
+    proc = ltcl("predict", "--checkpoint", str(checkpoint), str(image), "--top-k", "3", "--logit-adjust", "1.0")
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(image) and len(lines) == 4 and lines[1].strip().startswith("1. ")
+    probabilities = [float(line.rsplit(None, 1)[-1].rstrip("%")) for line in lines[1:]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    proc = ltcl("predict", "--checkpoint", str(checkpoint), str(corrupt), check=False)
+    assert proc.returncode == 2 and str(corrupt) in proc.stderr and "Traceback" not in proc.stderr
+    proc = ltcl("eval", "--checkpoint", str(checkpoint), "--split", "val", check=False)
+    assert proc.returncode == 2 and "has no 'val' split" in proc.stderr
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    # BatchNorm statistics are per process without SyncBN (CUDA only), so the backbone is frozen: everything else
+    # (sampler, views, gather with gradient, DDP averaging, unpadded evaluation) is exercised exactly.
+    common = [*TINY, "optim.epochs=2", "train.max_steps_per_epoch=3", "data.batch_size=16", "train.deterministic=true",
+              "model.trainable=projection,classifier", "loss.objective=bs+acl"]
+    ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'one'}"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ltcl.cli",
+         "train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'two'}")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 process(es)" in proc.stdout
+    one, two = final_weights(tmp_path / "one" / "digits_lt"), final_weights(tmp_path / "two" / "digits_lt")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6, msg=key)
+    r1 = json.loads((tmp_path / "one" / "digits_lt" / "results.json").read_text())
+    r2 = json.loads((tmp_path / "two" / "digits_lt" / "results.json").read_text())
+    assert r1["test"] == r2["test"]
+    m1 = list(csv.DictReader((tmp_path / "one" / "digits_lt" / "metrics.csv").open()))
+    m2 = list(csv.DictReader((tmp_path / "two" / "digits_lt" / "metrics.csv").open()))
+    for a, b in zip(m1, m2):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4)
+
+
+def test_cifar10_lt_acl_config_trains_resumes_and_evaluates_on_the_shared_data(tmp_path, cifar10_npz):
+    config = str(REPO / "configs" / "cifar10_lt_if100_acl.yaml")
+    common = [f"data.root={cifar10_npz}", "data.batch_size=16", "data.num_workers=0", "train.progress=false",
+              "train.max_steps_per_epoch=2", "optim.warmup_epochs=0", "data.eval_batch_size=1000",
+              f"train.output_dir={tmp_path}"]
+    ltcl("train", "-c", config, *sets(*common, "optim.epochs=1"))
+    run = tmp_path / "cifar10_lt_if100_acl"
+    proc = ltcl("train", "-c", config, *sets(*common, "optim.epochs=2"), "--resume", str(run / "checkpoint_last.pt"))
+    assert "epoch 2/2" in proc.stdout and "| Many | Medium | Few | All |" in proc.stdout
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["few"] is None  # CIFAR-10-LT IF100 has no class under 20 images: n/a, not 0
+    proc = ltcl("eval", "--checkpoint", str(run / "checkpoint_last.pt"), "--json")
+    assert json.loads(proc.stdout)["all"] == pytest.approx(results["test"]["all"])

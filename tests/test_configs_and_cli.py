@@ -1,0 +1,114 @@
+"""Every paper config parses and builds its model; the config system and the CLI reject mistakes clearly."""
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltcl.cli import main
+from ltcl.config import ConfigError, load_config
+from ltcl.engine.objective import parse_objective
+from ltcl.engine.schedule import check_schedule
+from ltcl.engine.trainer import check_config
+from ltcl.models import apply_trainable, build_network
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
+NUM_CLASSES = {"cifar10_lt": 10, "cifar100_lt": 100, "imagenet_lt": 1000, "places_lt": 365, "inat2018": 8142,
+               "digits_lt": 10}
+
+
+def test_there_is_a_config_for_every_paper_setting():
+    names = {p.stem for p in CONFIGS}
+    for i in (100, 50, 10):
+        assert f"cifar10_lt_if{i}_acl" in names and f"cifar100_lt_if{i}_acl" in names
+    assert {"imagenet_lt_r50_acl", "imagenet_lt_x50_acl", "imagenet_lt_x101_acl", "inat2018_r50_acl",
+            "places_lt_r152_acl", "digits_lt"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_paper_config_parses_and_its_model_builds(path):
+    cfg = load_config(path)
+    check_config(cfg)
+    check_schedule(cfg.optim)
+    assert parse_objective(cfg.loss.objective)[1] == "acl"
+    # The paper's recipes (reference.md section 2).
+    if cfg.data.dataset.startswith("cifar"):
+        assert (cfg.optim.lr, cfg.optim.epochs, cfg.loss.alpha, cfg.loss.temperature) == (0.07, 200, 0.1, 0.05)
+        assert cfg.model.backbone == "resnet32" and cfg.optim.milestones == [160, 180]
+    if cfg.data.dataset == "imagenet_lt":
+        assert (cfg.optim.lr, cfg.optim.epochs, cfg.optim.weight_decay, cfg.loss.alpha) == (0.05, 90, 1e-3, 0.5)
+        assert cfg.model.classifier == "cosine" and cfg.data.val_list and cfg.data.test_list
+    # Pretrained weights are the user's file (Places-LT); the architecture is what is checked here.
+    with torch.device("meta"):  # no memory for the big backbones
+        model = build_network(replace(cfg.model, weights=""), NUM_CLASSES[cfg.data.dataset])
+    assert model.num_classes == NUM_CLASSES[cfg.data.dataset]
+    assert model.projection is not None
+    trainable = apply_trainable(model, cfg.model.trainable)
+    if cfg.data.dataset == "places_lt":  # GPaCo: only the last block of layer4 (plus heads) trains
+        assert cfg.model.weights and trainable < sum(p.numel() for p in model.parameters()) / 4
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optim.lrr=0.1"], "Unknown config key 'optim.lrr'"),
+        (["optim.lr=fast"], "'optim.lr' expects a number, got 'fast'"),
+        (["optim.epochs=2.5"], "'optim.epochs' expects an integer"),
+        (["train.deterministic=maybe"], "'train.deterministic' expects true or false"),
+        (["views.sizes=32,big"], r"'views.sizes\[1\]' expects an integer"),
+        (["optim"], "must have the form key=value"),
+        (["optim=3"], "'optim' is a section"),
+        (["optim.lr.x=3"], "'optim.lr' is a value, not a section"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_the_expected_type(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs" / "digits_lt.yaml", overrides)
+
+
+def test_yaml_values_are_checked_and_bases_merge(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim:\n  lr: 0.5\n  epochs: 7\n")
+    (tmp_path / "top.yaml").write_text("base: base.yaml\noptim:\n  lr: 1e-3\n")
+    cfg = load_config(tmp_path / "top.yaml")
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.name) == (1e-3, 7, "top")
+    (tmp_path / "bad.yaml").write_text("model:\n  backbone: [resnet32]\n")
+    with pytest.raises(ConfigError, match="'model.backbone' expects a string"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "loop.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "-c", "configs/none.yaml"], "does not exist"),
+        (["train", "-c", "configs/digits_lt.yaml", "--set", "loss.objective=bs+xyz"], "loss.objective 'bs+xyz'"),
+        (["train", "-c", "configs/digits_lt.yaml", "--set", "train.amp=fp8"], "train.amp must be one of"),
+        (["data", "-c", "configs/cifar10_lt_if100_acl.yaml", "--set", "data.root=/nowhere/cifar"], "/nowhere/cifar"),
+        (["data", "-c", "configs/digits_lt.yaml", "--set", "data.dataset=mnist"], "data.dataset 'mnist' is unknown"),
+        (["eval", "--checkpoint", "/nowhere/checkpoint.pt"], "/nowhere/checkpoint.pt does not exist"),
+        (["train", "-c", "configs/digits_lt.yaml", "--resume", "/nowhere/last.pt"], "/nowhere/last.pt does not exist"),
+    ],
+)
+def test_cli_mistakes_exit_2_with_one_sentence(argv, message, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_console_script_help_guides():
+    script = Path(sys.executable).parent / "ltcl"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "ltcl.cli"]
+    out = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True).stdout
+    for word in ("train", "eval", "predict", "data", "examples:"):
+        assert word in out
+    train_help = subprocess.run([*command, "train", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--resume" in train_help and "--set" in train_help
