@@ -10,7 +10,7 @@ Compared in the same run, on the same inputs:
 Prints a Markdown table with ratios against SupContrast-style SupCon and against the floor.
 
     python benchmarks/loss_speed.py            # CPU here, CUDA when present
-    python benchmarks/loss_speed.py --device cpu --repeats 5
+    python benchmarks/loss_speed.py --device cpu --repeats 50
 """
 
 from __future__ import annotations
@@ -77,21 +77,26 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_fn(fn, base, device, repeats, warmup=2):
-    def step():
+def time_all(table, base, device, repeats, warmup=3):
+    """Median forward+backward seconds of each method; the methods take turns, so that a slow phase of the
+    machine affects all of them alike."""
+
+    def step(fn):
         z = base.clone().requires_grad_()
         fn(z).backward()
 
-    for _ in range(warmup):
-        step()
-    times = []
+    for fn in table.values():
+        for _ in range(warmup):
+            step(fn)
+    times = {name: [] for name in table}
     for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in table.items():
+            sync(device)
+            start = time.perf_counter()
+            step(fn)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_memory_mb(fn, base, device):
@@ -122,7 +127,7 @@ def peak_memory_mb(fn, base, device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--temperature", type=float, default=0.05)
     parser.add_argument("--shapes", nargs="*", default=[s[0] for s in SHAPES], help="subset of shape names")
     args = parser.parse_args()
@@ -138,8 +143,8 @@ def main():
             continue
         base, labels, centers, weights = make_inputs(n, d, c, device)
         table = methods(labels, centers, weights, args.temperature)
-        results = {k: (time_fn(fn, base, device, args.repeats), peak_memory_mb(fn, base, device))
-                   for k, fn in table.items()}
+        seconds = time_all(table, base, device, args.repeats)
+        results = {k: (seconds[k], peak_memory_mb(fn, base, device)) for k, fn in table.items()}
         reference = results["SupCon (SupContrast-style)"][0]
         floor = results["matmul floor"][0]
         for method, (seconds, mib) in results.items():
