@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ltcl.config import Config
@@ -24,6 +25,7 @@ def write_report(run_dir: Path, cfg: Config, data: DataBundle, rows: dict[str, E
         "code_revision": code_revision(),
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    draw_plots(run_dir)
 
     lines = [
         f"# {cfg.name}",
@@ -52,3 +54,14 @@ def write_report(run_dir: Path, cfg: Config, data: DataBundle, rows: dict[str, E
             lines.append(f"| {j} | {name} | {count} | {format_cell(test.per_class[j])} |")
         lines.append("")
     (run_dir / "report.md").write_text("\n".join(lines))
+
+
+def draw_plots(run_dir: Path) -> None:
+    """The run's PNG plots, before report.md links them; a plotting failure is a warning, never an error."""
+    try:
+        from ltcl.analysis.plots import make_run_plots
+
+        make_run_plots(run_dir)
+    except Exception as err:  # e.g. a broken matplotlib install must not fail a finished run
+        print(f"warning: the plots of {run_dir} were not drawn ({type(err).__name__}: {err})",
+              file=sys.stderr)

@@ -1,0 +1,209 @@
+"""Commands of the paper's analyses: ``ltcl analyze conflicts | tsne``, ``ltcl sweep``, ``ltcl compare``.
+
+``ltcl.cli`` calls :func:`register` with its subparsers; each command sets ``args.run = function(args)``,
+which returns the exit status.
+User mistakes raise ValueError / FileNotFoundError with one sentence (the main CLI prints it, exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+SET_HELP = "override a value of the config, e.g. --set optim.epochs=50 (repeatable)"
+
+ANALYZE_EPILOG = """examples:
+  ltcl analyze conflicts runs/scl runs/acl --out fig4a.png
+  ltcl analyze tsne --checkpoint runs/acl/checkpoint_last.pt --classes many:5,few:5
+  ltcl analyze tsne --checkpoint runs/acl/checkpoint_last.pt --classes 0,3,7 --max-per-class 200
+"""
+
+SWEEP_EPILOG = """examples:
+  ltcl sweep -c configs/digits_lt.yaml --grid loss.alpha=0.05,0.1,0.5 --seeds 3
+  ltcl sweep -c configs/digits_lt.yaml --grid loss.objective=bs,bs+scl,bs+acl --set optim.epochs=10
+  ltcl sweep -c configs/imagenet_lt_x50_acl.yaml --grid loss.alpha=0.1,0.5,1.0 --print-commands \\
+      --nproc-per-node 8 > jobs.sh
+List values are bracketed: --grid views.sizes=[32,32,24,24],[32,32,32,32].
+Run the same command again to resume: finished runs are skipped, killed runs resume from checkpoint_last.pt.
+"""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions to the terminal but keeps the examples of an epilog line by line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _run_dir(path: str) -> Path:
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"Run directory {run_dir} does not exist.")
+    return run_dir
+
+
+def cmd_conflicts(args: argparse.Namespace) -> int:
+    from ltcl.analysis import plots
+
+    run_dirs = [_run_dir(p) for p in args.run_dirs]
+    lines = ["| run | epochs | Many | Medium | Few | All |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for run_dir in run_dirs:
+        counts, ratios, used = plots.conflict_ratios(run_dir, all_epochs=args.all_epochs)
+        means = plots.group_means(ratios, counts, *plots.thresholds(plots.run_config(run_dir)))
+        cells = " | ".join("n/a" if means[g] is None else f"{means[g]:.3f}"
+                           for g in ("many", "medium", "few", "all"))
+        lines.append(f"| {plots.run_label(run_dir)} | {used} | {cells} |")
+    out = Path(args.out) if args.out else run_dirs[0] / "conflicts.png"
+    plots.plot_conflict_runs(run_dirs, out, all_epochs=args.all_epochs)
+    print("SCL gradient-conflict ratio (conflicting / positive pairs), mean over the classes of each group:")
+    print("\n".join(lines))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_tsne(args: argparse.Namespace) -> int:
+    from ltcl.analysis.embeddings import collect_embeddings, select_classes, tsne_2d
+    from ltcl.analysis.plots import plot_tsne
+    from ltcl.data.longtail import shot_groups
+    from ltcl.engine.inference import load_trained_model
+
+    if args.max_per_class < 0:
+        raise ValueError(f"--max-per-class must be 0 (all images) or a positive number, "
+                         f"got {args.max_per_class}.")
+    trained = load_trained_model(args.checkpoint, args.overrides, device=args.device)
+    data = trained.cfg.data
+    counts = trained.class_counts
+    classes, notes = select_classes(args.classes, counts, many=data.many_threshold, few=data.few_threshold,
+                                    seed=args.seed)
+    for note in notes:
+        print(f"note: {note}")
+    emb = collect_embeddings(trained, classes, split=args.split, max_per_class=args.max_per_class,
+                             seed=args.seed)
+    points = tsne_2d(emb.vectors, seed=args.seed)
+    groups = shot_groups(counts, many=data.many_threshold, few=data.few_threshold).tolist()
+    what = ("L2-normalised projections" if emb.kind == "projection"
+            else "L2-normalised backbone features (the model has no projection head)")
+    run_name = Path(args.checkpoint).resolve().parent.name
+    title = f"t-SNE of {what}\n{run_name}, {args.split} split, {len(points)} images of {len(classes)} classes"
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"tsne_{args.split}.png"
+    plot_tsne(points, emb.labels, classes, trained.class_names, counts, groups, out, title)
+    names = ", ".join(f"{trained.class_names[c]} ({counts[c]})" for c in classes)
+    print(f"classes (training images): {names}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ltcl.analysis import sweep
+
+    if args.nproc_per_node is not None and not args.print_commands:
+        raise ValueError("--nproc-per-node only applies with --print-commands "
+                         "(the sweep itself runs in one process).")
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        raise ValueError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}.")
+    axes = sweep.parse_grid(args.grid)
+    out = Path(args.out or f"runs/sweep_{Path(args.config).stem}")
+    runs = sweep.plan_sweep(axes, args.seeds, args.overrides, out)
+    sweep.check_runs(args.config, runs)
+    if args.print_commands:
+        print("\n".join(sweep.sweep_commands(args.config, runs, out, args.nproc_per_node or 1)))
+        return 0
+    rows = sweep.run_sweep(args.config, axes, runs, out)
+    print(f"\nSweep of {args.config}: test accuracy in %, mean ± std over seeds")
+    print(sweep.results_table(rows))
+    print(f"wrote {out / 'sweep.md'} and {out / 'sweep.csv'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ltcl.analysis.sweep import compare_runs, results_table, write_csv
+
+    rows = compare_runs([_run_dir(p) for p in args.run_dirs])
+    table = results_table(rows)
+    print("Test accuracy in %, mean ± sample std over the runs of each setting:")
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        runs = "\n".join(f"- {r.label}: {', '.join(str(d) for d in r.run_dirs)}" for r in rows)
+        out.write_text(f"# Comparison\n\nTest accuracy in %, mean ± sample std over seeds (a plain mean "
+                       f"for one run); n/a: the shot group has no class.\n\n{table}\n\nRuns:\n\n{runs}\n")
+        write_csv(rows, out.with_suffix(".csv"))
+        print(f"wrote {out} and {out.with_suffix('.csv')}")
+    return 0
+
+
+def register(commands) -> None:
+    """Adds ``analyze``, ``sweep`` and ``compare`` to the ``ltcl`` subparsers."""
+    formatter = _HelpFormatter
+    p = commands.add_parser("analyze", help="analyses of trained runs: conflicts (Fig. 4a), tsne (Fig. 5)",
+                            description="The paper's analyses of trained runs.", epilog=ANALYZE_EPILOG,
+                            formatter_class=formatter)
+    analyses = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+
+    a = analyses.add_parser("conflicts", help="per-class SCL conflict ratio vs class frequency (Fig. 4a)",
+                            description="Plot the per-class gradient-conflict ratio (conflicting / "
+                            "positive SCL pairs, Eq. 7) against each class's training count, for one or more "
+                            "runs on one figure, and print the mean ratio of each shot group. The runs must "
+                            "have been trained with --set train.monitor_conflicts=true.")
+    a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding conflicts.csv")
+    a.add_argument("--out", metavar="FILE.png", help="where to write the figure (default: "
+                   "RUN_DIR/conflicts.png of the first run)")
+    a.add_argument("--all-epochs", action="store_true", help="pool the pair counts of every epoch instead of "
+                   "using the last epoch only")
+    a.set_defaults(run=cmd_conflicts)
+
+    a = analyses.add_parser("tsne", help="t-SNE of the learned projections of chosen classes (Fig. 5)",
+                            description="Embed the images of chosen classes with a checkpoint "
+                            "(unit-norm projections, or backbone features when the model has no projection "
+                            "head), run t-SNE and plot them: many-shot classes in saturated colours, "
+                            "few-shot ones lighter.")
+    a.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="checkpoint_last.pt or checkpoint_best.pt of a run")
+    a.add_argument("--classes", default="many:5,few:5", metavar="SPEC",
+                   help="random classes per shot group, e.g. many:5,medium:3,few:5 (seeded), or class "
+                   "indices such as 0,3,7 (default: many:5,few:5)")
+    a.add_argument("--split", choices=["val", "test"], default="test", help="which images (default: test)")
+    a.add_argument("--out", metavar="FILE.png", help="where to write the figure (default: "
+                   "tsne_<split>.png beside the checkpoint)")
+    a.add_argument("--seed", type=int, default=0,
+                   help="seed of the class and image choice and of t-SNE (default 0)")
+    a.add_argument("--max-per-class", type=int, default=0, metavar="N",
+                   help="at most N random images per class (default 0: all)")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the checkpoint's config, e.g. --set data.root=PATH when the "
+                   "data moved, or data.few_threshold=10 (repeatable)")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    a.set_defaults(run=cmd_tsne)
+
+    p = commands.add_parser("sweep", help="train a grid of settings times seeds and tabulate mean ± std",
+                            description="Train every combination of --grid values (cartesian product) for "
+                            "seeds 0..N-1, one run directory each under --out, then write sweep.md, "
+                            "sweep.csv and plots of top-1 accuracy per setting (Fig. 4b) and against a "
+                            "numeric key (Fig. 4c).",
+                            epilog=SWEEP_EPILOG, formatter_class=formatter)
+    p.add_argument("-c", "--config", required=True, help="YAML config file (see configs/)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a config key and the values to try (repeatable; values are checked like --set)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train seeds 0..N-1 of every setting (default 1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=SET_HELP + "; applies to every run")
+    p.add_argument("--out", metavar="DIR", help="output directory of the runs and tables (default: "
+                   "runs/sweep_<config name>)")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one torchrun command per run (shell-quoted) and run nothing")
+    p.add_argument("--nproc-per-node", type=int, metavar="G", help="processes per torchrun command (with "
+                   "--print-commands; default 1)")
+    p.set_defaults(run=cmd_sweep)
+
+    p = commands.add_parser("compare", help="table of finished runs grouped into settings (mean ± std)",
+                            description="Group finished runs whose resolved configs differ only in "
+                            "train.seed, train.run_name and train.output_dir, and print Many / Medium / "
+                            "Few / All as mean ± std over each group. Rows are labelled by the config values "
+                            "that differ.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding results.json")
+    p.add_argument("--out", metavar="FILE.md", help="also write the table as Markdown, and as CSV next to it")
+    p.set_defaults(run=cmd_compare)
