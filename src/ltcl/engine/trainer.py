@@ -27,6 +27,7 @@ from ltcl.engine.distributed import DistributedContext, all_reduce_sum, barrier,
 from ltcl.engine.evaluate import EvalResult, ShardSampler, autocast_context, evaluate, format_cell, format_table
 from ltcl.engine.objective import Objective, parse_objective
 from ltcl.engine.records import RunRecorder, run_directory
+from ltcl.engine.runtime import keep_freed_memory
 from ltcl.engine.schedule import check_schedule, learning_rate
 from ltcl.losses.functional import gradient_conflict_counts
 from ltcl.models import apply_trainable, build_network
@@ -122,6 +123,8 @@ def train(cfg: Config, *, resume: str | None = None) -> TrainResult:
     """Trains, evaluates and records one run; see the module docstring."""
     check_config(cfg)
     ctx = init_distributed(cfg.train.device)
+    if ctx.device.type == "cpu":
+        keep_freed_memory()
     try:
         return _train(cfg, ctx, resume)
     finally:
