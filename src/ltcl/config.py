@@ -40,6 +40,9 @@ class DataConfig:
     few_threshold: int = 20  # classes with fewer training images are few-shot
     batch_size: int = 128  # images per optimisation step, summed over all processes
     eval_batch_size: int = 256
+    # loader: PIL augmentation in DataLoader workers | device: in-memory training set kept on the training device and
+    # augmented there in batches (CIFAR, digits; the fast GPU path)
+    augment_on: str = "loader"
     num_workers: int = 2  # loader processes per training process
     pin_memory: bool = True  # only takes effect on CUDA
     persistent_workers: bool = True

@@ -8,6 +8,7 @@ stacks the views of each size into one tensor so that the model runs one forward
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -177,6 +178,21 @@ class MultiViewBatch:
         return stacked.index_select(0, inverse)
 
 
+def group_by_size(sizes: Sequence[tuple[int, ...]]) -> list[list[int]]:
+    """View indices grouped by spatial size, largest size first (ties keep the order of first appearance)."""
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for v, size in enumerate(sizes):
+        by_size.setdefault(tuple(size), []).append(v)
+    order = sorted(by_size, key=lambda hw: -math.prod(hw))
+    return [by_size[hw] for hw in order]
+
+
+def contrastive_mask(view_counts: Tensor, labels: Tensor, num_views: int) -> Tensor:
+    """(V, B) bool: view v of image b feeds the contrastive loss iff v < view_counts[labels[b]]."""
+    k = view_counts[labels]
+    return torch.arange(num_views, device=labels.device).unsqueeze(1) < k.unsqueeze(0)
+
+
 class MultiViewCollate:
     """DataLoader ``collate_fn`` turning ``[(views, label), ...]`` into a :class:`MultiViewBatch`.
 
@@ -203,17 +219,9 @@ class MultiViewCollate:
         if labels.min() < 0 or labels.max() >= num_classes:
             raise ValueError(f"Batch labels must lie in 0..{num_classes - 1}, got {labels.tolist()}.")
 
-        # Group views by their spatial size, largest first (ties keep first appearance).
-        by_size: dict[tuple[int, ...], list[int]] = {}
-        for v, view in enumerate(items[0][0]):
-            by_size.setdefault(tuple(view.shape[-2:]), []).append(v)
-        sizes = sorted(by_size, key=lambda hw: -hw[0] * hw[1])
-        group_views = [by_size[hw] for hw in sizes]
+        group_views = group_by_size([tuple(view.shape[-2:]) for view in items[0][0]])
         groups = [torch.stack([views[v] for v in vs for views, _ in items]) for vs in group_views]
-
-        k = self.view_counts[labels]
-        mask = torch.arange(num_views).unsqueeze(1) < k.unsqueeze(0)
-        return MultiViewBatch(groups=groups, group_views=group_views, labels=labels, contrastive_mask=mask)
+        return MultiViewBatch(groups, group_views, labels, contrastive_mask(self.view_counts, labels, num_views))
 
     def __repr__(self) -> str:
         return f"MultiViewCollate(view_counts={self.view_counts.tolist()})"

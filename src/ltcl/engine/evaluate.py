@@ -95,7 +95,7 @@ def predict(model, loader, device: torch.device, *, amp: str = "none", channels_
         with autocast_context(device, amp):
             out = model(images, with_projection=with_projection)
         all_logits.append(out.logits.float().cpu())
-        all_labels.append(torch.as_tensor(labels))
+        all_labels.append(torch.as_tensor(labels).cpu())
         if with_projection and out.projections is not None:
             all_projections.append(out.projections.float().cpu())
     model.train(was_training)

@@ -13,7 +13,7 @@ from ltcl.engine.records import code_revision
 
 
 def write_report(run_dir: Path, cfg: Config, data: DataBundle, rows: dict[str, EvalResult],
-                 test: EvalResult) -> None:
+                 test: EvalResult, timing: dict | None = None) -> None:
     """Writes the final table, the facts that define the run, per-class accuracy, and links to the plots."""
     results = {
         "name": cfg.name,
@@ -23,6 +23,7 @@ def write_report(run_dir: Path, cfg: Config, data: DataBundle, rows: dict[str, E
         "class_counts": data.train_counts,
         "seed": cfg.train.seed,
         "code_revision": code_revision(),
+        "timing": timing or {},
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     draw_plots(run_dir)

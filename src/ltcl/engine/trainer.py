@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ltcl.config import Config, to_dict
 from ltcl.data.build import DataBundle, build_data
+from ltcl.data.device_loader import DeviceEvalBatches, DeviceViewLoader, device_eval_supported
 from ltcl.data.sampling import EpochBatchSampler, SeededDataset
 from ltcl.data.views import MultiViewBatch, MultiViewCollate
 from ltcl.engine import checkpoint as ckpt
@@ -33,6 +34,7 @@ from ltcl.losses.functional import gradient_conflict_counts
 from ltcl.models import apply_trainable, build_network
 
 AMP_MODES = ("none", "bf16", "fp16")
+AUGMENT_ON = ("loader", "device")
 KILL_AT_STEP = "LTCL_TEST_KILL_AT_STEP"  # tests only: SIGKILL this process after that optimisation step
 
 
@@ -86,6 +88,10 @@ class MultiViewForward(nn.Module):
 
 
 def make_loaders(cfg: Config, data: DataBundle, ctx: DistributedContext):
+    """The training batch sampler and loader, and the val/test loaders (None for a missing split)."""
+    if cfg.data.augment_on not in AUGMENT_ON:
+        raise ValueError(f"data.augment_on must be one of {', '.join(AUGMENT_ON)}, got '{cfg.data.augment_on}'.")
+    on_device = cfg.data.augment_on == "device"
     workers = cfg.data.num_workers
     pin = cfg.data.pin_memory and ctx.device.type == "cuda"
     common = {"num_workers": workers, "pin_memory": pin}
@@ -93,12 +99,17 @@ def make_loaders(cfg: Config, data: DataBundle, ctx: DistributedContext):
         common |= {"persistent_workers": cfg.data.persistent_workers, "prefetch_factor": cfg.data.prefetch_factor}
     sampler = EpochBatchSampler(len(data.train), cfg.data.batch_size, seed=cfg.train.seed, rank=ctx.rank,
                                 world_size=ctx.world_size)
-    train_loader = DataLoader(SeededDataset(data.train), batch_sampler=sampler,
-                              collate_fn=MultiViewCollate(data.view_counts), **common)
+    if on_device:
+        train_loader = DeviceViewLoader(cfg, data.train, sampler, data.view_counts, ctx.device)
+    else:
+        train_loader = DataLoader(SeededDataset(data.train), batch_sampler=sampler,
+                                  collate_fn=MultiViewCollate(data.view_counts), **common)
 
     def eval_loader(dataset):
         if dataset is None:
             return None
+        if on_device and device_eval_supported(cfg, dataset):
+            return DeviceEvalBatches(cfg, dataset, ctx.device, cfg.data.eval_batch_size, ctx.rank, ctx.world_size)
         shard = ShardSampler(len(dataset), ctx.rank, ctx.world_size)
         return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, sampler=shard, **common)
 
@@ -132,6 +143,7 @@ def train(cfg: Config, *, resume: str | None = None) -> TrainResult:
 
 
 def _train(cfg: Config, ctx: DistributedContext, resume: str | None) -> TrainResult:
+    started = time.perf_counter()
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     run_dir = run_directory(cfg)
     if resume is None and (run_dir / "checkpoint_last.pt").exists():
@@ -206,7 +218,13 @@ def _train(cfg: Config, ctx: DistributedContext, resume: str | None) -> TrainRes
         if ctx.is_main:
             print(epoch_summary(row, cfg.optim.epochs))
 
-    result = final_evaluation(cfg, ctx, run_dir, model, data, val_loader, test_loader, best, eval_kwargs)
+    timing = {"epochs_run": len(history), "train_seconds": sum(r["epoch_seconds"] for r in history),
+              "wall_seconds": time.perf_counter() - started}
+    if ctx.is_main and history:
+        print(f"\ntrained {len(history)} epoch(s) in {timing['train_seconds']:.1f} s "
+              f"({timing['train_seconds'] / len(history):.1f} s per epoch; {timing['wall_seconds']:.1f} s wall "
+              "including data set-up and evaluation)")
+    result = final_evaluation(cfg, ctx, run_dir, model, data, val_loader, test_loader, best, eval_kwargs, timing)
     recorder.close()
     result.history = history
     return result
@@ -334,7 +352,8 @@ def restore(state, data, model, objective, optimizer, scaler):
     return state["epoch"], state["batch"], state["global_step"], state.get("best")
 
 
-def final_evaluation(cfg, ctx, run_dir, model, data, val_loader, test_loader, best, eval_kwargs) -> TrainResult:
+def final_evaluation(cfg, ctx, run_dir, model, data, val_loader, test_loader, best, eval_kwargs,
+                     timing) -> TrainResult:
     """Test accuracy of the best-on-validation model, or of the last model when there is no validation split."""
     val_result = None
     best_epoch = None
@@ -355,7 +374,7 @@ def final_evaluation(cfg, ctx, run_dir, model, data, val_loader, test_loader, be
               f"{cfg.data.many_threshold}, few < {cfg.data.few_threshold}\n{table}")
         from ltcl.engine.report import write_report
 
-        write_report(run_dir, cfg, data, rows, test_result)
+        write_report(run_dir, cfg, data, rows, test_result, timing)
     return TrainResult(run_dir, test_result, val_result, best_epoch)
 
 
