@@ -186,3 +186,15 @@ def test_loading_rejects_missing_garbage_and_foreign_files(tmp_path):
     torch.save({"state_dict": {"w": torch.ones(1)}}, foreign)
     with pytest.raises(ValueError, match="was not written by ltcl's trainer"):
         ckpt.load_checkpoint(Path(foreign))
+
+
+def test_multiview_forward_keeps_a_compiled_network_beside_the_plain_one():
+    from ltcl.config import ModelConfig
+    from ltcl.engine.trainer import MultiViewForward
+    from ltcl.models import build_network
+
+    model = build_network(ModelConfig(backbone="resnet8"), 3)
+    compiled = torch.compile(model)  # compiles lazily: constructing the wrapper must not call it
+    forward = MultiViewForward(model, compiled)
+    assert forward.run is compiled and forward.network is model
+    assert MultiViewForward(model).run is model

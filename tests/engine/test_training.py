@@ -162,3 +162,31 @@ def test_cifar10_lt_acl_config_trains_resumes_and_evaluates_on_the_shared_data(t
     assert results["test"]["few"] is None  # CIFAR-10-LT IF100 has no class under 20 images: n/a, not 0
     proc = ltcl("eval", "--checkpoint", str(run / "checkpoint_last.pt"), "--json")
     assert json.loads(proc.stdout)["all"] == pytest.approx(results["test"]["all"])
+
+
+def test_the_fast_gpu_config_runs_on_the_cpu_with_a_tiny_schedule(tmp_path, cifar10_npz):
+    config = str(REPO / "configs" / "cifar10_lt_if100_acl_gpu.yaml")
+    proc = ltcl("train", "-c", config, *sets(
+        f"data.root={cifar10_npz}", "train.device=cpu", "train.compile=false", "train.amp=none",
+        "data.batch_size=16", "train.max_steps_per_epoch=2", "optim.epochs=1", "optim.warmup_epochs=0",
+        f"train.output_dir={tmp_path}"))
+    assert "trained 1 epoch(s) in" in proc.stdout and "| Many | Medium | Few | All |" in proc.stdout
+    results = json.loads((tmp_path / "cifar10_lt_if100_acl_gpu" / "results.json").read_text())
+    assert results["timing"]["epochs_run"] == 1 and 0 <= results["test"]["all"] <= 100
+
+
+def test_device_augmentation_is_reproducible_and_resumes_exactly(tmp_path):
+    common = [*TINY, "data.augment_on=device", "optim.epochs=2", "train.max_steps_per_epoch=3",
+              "train.deterministic=true"]
+    for name in ("a", "b"):
+        ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / name}"))
+    killed = tmp_path / "killed"
+    proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed}"), env={KILL_AT_STEP: "5"},
+                check=False)
+    assert proc.returncode == -signal.SIGKILL
+    ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed}"),
+         "--resume", str(killed / "digits_lt" / "checkpoint_last.pt"))
+    a, b, resumed = (final_weights(tmp_path / n / "digits_lt") for n in ("a", "b", "killed"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+        assert torch.equal(a[key], resumed[key]), key

@@ -81,10 +81,23 @@ class MultiViewForward(nn.Module):
     def __init__(self, network: nn.Module, run: nn.Module | None = None) -> None:
         super().__init__()
         self.network = network
-        self.run = run or network  # the compiled network when torch.compile is on (same parameters)
+        self.run = run if run is not None else network  # compiled when train.compile is on (same parameters)
 
     def forward(self, groups: list[torch.Tensor], with_projection: bool):
         return [self.run(images, with_projection=with_projection) for images in groups]
+
+
+def yield_to_training(worker_id: int) -> None:
+    """Loader workers of a CPU run give way to the training threads.
+
+    Both compete for the same cores; at equal priority the workers preempt the training threads in the middle of
+    their parallel regions, and every other thread then waits for the preempted one. At lower priority the
+    workers fill the gaps instead (see benchmarks/pipeline_overhead.py).
+    """
+    try:
+        os.nice(10)
+    except OSError:  # not permitted: keep the default priority
+        pass
 
 
 def make_loaders(cfg: Config, data: DataBundle, ctx: DistributedContext):
@@ -97,6 +110,8 @@ def make_loaders(cfg: Config, data: DataBundle, ctx: DistributedContext):
     common = {"num_workers": workers, "pin_memory": pin}
     if workers > 0:
         common |= {"persistent_workers": cfg.data.persistent_workers, "prefetch_factor": cfg.data.prefetch_factor}
+        if ctx.device.type == "cpu":
+            common["worker_init_fn"] = yield_to_training
     sampler = EpochBatchSampler(len(data.train), cfg.data.batch_size, seed=cfg.train.seed, rank=ctx.rank,
                                 world_size=ctx.world_size)
     if on_device:
