@@ -16,24 +16,9 @@ from ltcl.config import DataConfig
 from ltcl.data.datasets import build_split
 from ltcl.data.longtail import longtail_counts, shot_groups
 from tests.conftest import shared_file
+from tests.data.ldam_reference import ldam_gen_imbalanced_indices
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def ldam_gen_imbalanced_indices(targets, img_num_per_cls, seed=0):
-    """LDAM-DRW's ``gen_imbalanced_data`` with the global RNG, returning the dataset indices it keeps."""
-    saved = np.random.get_state()
-    try:
-        np.random.seed(seed)
-        targets_np = np.array(targets, dtype=np.int64)
-        kept = []
-        for the_class, the_img_num in zip(np.unique(targets_np), img_num_per_cls):
-            idx = np.where(targets_np == the_class)[0]
-            np.random.shuffle(idx)
-            kept.append(idx[:the_img_num])
-        return np.concatenate(kept)
-    finally:
-        np.random.set_state(saved)
 
 
 def cfg(**values) -> DataConfig:
