@@ -115,6 +115,13 @@ def test_distribution_aware_counts_follow_shot_groups():
     assert thresholds.tolist() == _reference_counts(COUNTS, [1, 3, 2], many=50, few=5)
 
 
+def test_distribution_aware_counts_are_capped_at_the_number_of_views():
+    # A 1-view baseline keeps the default [2, 3, 4]: every image offers the one view it has.
+    assert contrastive_view_counts(COUNTS, ViewsConfig(num_views=1)).tolist() == [1] * len(COUNTS)
+    capped = contrastive_view_counts(COUNTS, ViewsConfig(num_views=3, contrastive_views=[2, 3, 4]))
+    assert capped.tolist() == [min(k, 3) for k in _reference_counts(COUNTS, [2, 3, 4])]
+
+
 def test_uniform_counts_use_every_view():
     # contrastive_views is ignored in uniform mode, even when it would be invalid
     cfg = ViewsConfig(num_views=3, contrastive_mode="uniform", contrastive_views=[9, 9])
@@ -126,7 +133,6 @@ def test_uniform_counts_use_every_view():
     [
         ({"contrastive_views": [2, 3]}, "views.contrastive_views"),
         ({"contrastive_views": [0, 3, 4]}, "views.contrastive_views"),
-        ({"contrastive_views": [2, 3, 5]}, "views.contrastive_views"),
         ({"contrastive_mode": "balanced"}, "views.contrastive_mode"),
         ({"num_views": 0}, "views.num_views"),
     ],

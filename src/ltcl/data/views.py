@@ -84,7 +84,7 @@ def contrastive_view_counts(
     Args:
         train_counts: (C,) training images per class.
         views_cfg: ``contrastive_mode`` "distribution_aware" uses ``contrastive_views`` = [k_many, k_medium,
-            k_few] by shot group; "uniform" uses every view for every class.
+            k_few] by shot group, each capped at ``num_views``; "uniform" uses every view for every class.
         many: classes with more training images than this are many-shot.
         few: classes with fewer training images than this are few-shot.
 
@@ -103,11 +103,12 @@ def contrastive_view_counts(
         known = ", ".join(CONTRASTIVE_MODES)
         raise ValueError(f"views.contrastive_mode must be one of {known}; got {mode!r}.")
     per_group = list(views_cfg.contrastive_views)
-    if len(per_group) != 3 or not all(1 <= k <= num_views for k in per_group):
+    if len(per_group) != 3 or not all(k >= 1 for k in per_group):
         raise ValueError(
-            f"views.contrastive_views must hold 3 view counts (many, medium, few), each between 1 and "
-            f"views.num_views = {num_views}; got {per_group}."
+            f"views.contrastive_views must hold 3 view counts (many, medium, few), each at least 1; got {per_group}."
         )
+    # "k of the V views": with fewer views (a 1-view baseline, say) every image offers what it has.
+    per_group = [min(k, num_views) for k in per_group]
     return torch.tensor(per_group, dtype=torch.long)[shot_groups(counts, many, few)]
 
 
