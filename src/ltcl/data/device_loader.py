@@ -59,8 +59,9 @@ class DeviceViewLoader:
 
     def __iter__(self):
         epoch, start, rank = self.sampler.epoch, self.sampler.start_batch, self.sampler.rank
-        for b, items in enumerate(self.sampler, start=start):
-            index = torch.tensor([i for i, _ in items], device=self.device)
+        batches = self.sampler.rank_batches()[0].to(self.device)  # one copy per epoch, none per step
+        for b in range(start, batches.shape[0]):
+            index = batches[b]
             generator = torch.Generator(device=self.device)
             generator.manual_seed(self.seed * _MIX[0] + epoch * _MIX[1] + b * _MIX[2] + rank)
             pixels = self.images.index_select(0, index).float().div_(255.0)

@@ -59,14 +59,24 @@ class EpochBatchSampler(Sampler):
     def __len__(self) -> int:
         return self.num_items // self.global_batch_size - self.start_batch
 
-    def __iter__(self):
+    def rank_batches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of every batch of the current epoch, skipped batches included.
+
+        Returns:
+            (num_batches, per_rank) dataset indices and their (num_batches, per_rank) sample seeds.
+        """
         g = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(self.num_items, generator=g)
         sample_seeds = torch.randint(0, 2**62, (self.num_items,), generator=g)  # per image, not per position
-        for b in range(self.start_batch, self.num_items // self.global_batch_size):
-            begin = b * self.global_batch_size + self.rank * self.per_rank
-            rows = order[begin : begin + self.per_rank]
-            yield list(zip(rows.tolist(), sample_seeds[rows].tolist()))
+        num_batches = self.num_items // self.global_batch_size
+        batches = order[: num_batches * self.global_batch_size].view(num_batches, self.world_size, self.per_rank)
+        rows = batches[:, self.rank]
+        return rows, sample_seeds[rows]
+
+    def __iter__(self):
+        rows, seeds = self.rank_batches()
+        for b in range(self.start_batch, rows.shape[0]):
+            yield list(zip(rows[b].tolist(), seeds[b].tolist()))
 
 
 class SeededDataset(Dataset):
