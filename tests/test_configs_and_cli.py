@@ -1,5 +1,6 @@
 """Every paper config parses and builds its model; the config system and the CLI reject mistakes clearly."""
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -112,3 +113,20 @@ def test_console_script_help_guides():
         assert word in out
     train_help = subprocess.run([*command, "train", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--resume" in train_help and "--set" in train_help
+
+
+def test_data_command_reports_the_cifar10_lt_if100_set(cifar10_npz, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["data", "-c", "configs/cifar10_lt_if100_acl.yaml", "--set", f"data.root={cifar10_npz}", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_classes"] == 10 and info["train_size"] == 12406 and info["test_size"] == 10000
+    assert info["class_counts"][0] == 5000 and info["class_counts"][-1] == 50
+    assert info["groups"] == {"many": 8, "medium": 2, "few": 0}  # 83 and 50 images are medium; no class under 20
+    assert info["contrastive_views_per_group"] == {"many": 2, "medium": 3, "few": None}
+
+
+def test_data_command_prints_a_readable_summary(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["data", "-c", "configs/digits_lt.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "train / val / test 503 / none / 500" in out and "many 1 / medium 7 / few 2 classes" in out
