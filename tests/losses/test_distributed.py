@@ -74,6 +74,10 @@ def _worker(rank, name, init_file, out_dir):
             r["params"] = {k.removeprefix("module."): v for k, v in r["params"].items()}
         state = {k: v.clone() for k, v in loss_fn.state_dict().items()}
         torch.save({"records": records, "state": state}, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Tear down together: a rank that closes its gloo connections while the other still uses them can make
+        # the other abort ("terminate called without an active exception"). DDP holds the group, so drop it first.
+        del model
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -152,7 +152,9 @@ def train(cfg: Config, *, resume: str | None = None) -> TrainResult:
     if ctx.device.type == "cpu":
         keep_freed_memory()
     try:
-        return _train(cfg, ctx, resume)
+        result = _train(cfg, ctx, resume)
+        barrier()  # ranks leave together: none closes its connections while another is still using them
+        return result
     finally:
         shutdown()
 
