@@ -58,7 +58,7 @@ def full_pipeline(cfg, data, steps, warmup):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        float(loss)  # the trainer syncs for its running metrics too
+        loss.item()  # the trainer syncs for its running metrics too
         if step >= warmup:
             images += batch.batch_size
     return images / (time.perf_counter() - start), kept
@@ -80,7 +80,7 @@ def bare_model(cfg, data, batches, steps, warmup):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        float(loss)
+        loss.item()
         if step >= warmup:
             images += batch.batch_size
     return images / (time.perf_counter() - start)
