@@ -92,6 +92,7 @@ def test_yaml_values_are_checked_and_bases_merge(tmp_path):
         (["train", "-c", "configs/none.yaml"], "does not exist"),
         (["train", "-c", "configs/digits_lt.yaml", "--set", "loss.objective=bs+xyz"], "loss.objective 'bs+xyz'"),
         (["train", "-c", "configs/digits_lt.yaml", "--set", "train.amp=fp8"], "train.amp must be one of"),
+        (["train", "-c", "configs/digits_lt.yaml", "--set", "data.augment_on=gpu"], "data.augment_on must be one of"),
         (["data", "-c", "configs/cifar10_lt_if100_acl.yaml", "--set", "data.root=/nowhere/cifar"], "/nowhere/cifar"),
         (["data", "-c", "configs/digits_lt.yaml", "--set", "data.dataset=mnist"], "data.dataset 'mnist' is unknown"),
         (["eval", "--checkpoint", "/nowhere/checkpoint.pt"], "/nowhere/checkpoint.pt does not exist"),

@@ -53,6 +53,8 @@ def check_config(cfg: Config) -> None:
     check_schedule(cfg.optim)
     if cfg.train.amp not in AMP_MODES:
         raise ValueError(f"train.amp must be one of {', '.join(AMP_MODES)}, got '{cfg.train.amp}'.")
+    if cfg.data.augment_on not in AUGMENT_ON:
+        raise ValueError(f"data.augment_on must be one of {', '.join(AUGMENT_ON)}, got '{cfg.data.augment_on}'.")
     if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:
         raise ValueError("data.batch_size and data.eval_batch_size must be at least 1.")
     if cfg.train.eval_every < 1:
@@ -102,8 +104,6 @@ def yield_to_training(worker_id: int) -> None:
 
 def make_loaders(cfg: Config, data: DataBundle, ctx: DistributedContext):
     """The training batch sampler and loader, and the val/test loaders (None for a missing split)."""
-    if cfg.data.augment_on not in AUGMENT_ON:
-        raise ValueError(f"data.augment_on must be one of {', '.join(AUGMENT_ON)}, got '{cfg.data.augment_on}'.")
     on_device = cfg.data.augment_on == "device"
     workers = cfg.data.num_workers
     pin = cfg.data.pin_memory and ctx.device.type == "cuda"
