@@ -48,16 +48,17 @@ def _check_features(features: Tensor, name: str = "features", finite: bool = Tru
         raise ValueError(f"{name} contain NaN or inf values.")
 
 
-def _check_finite_result(loss: Tensor, inputs: dict[str, Tensor | None]) -> None:
-    """Finiteness is checked on the (small) result: a NaN or inf anywhere in the inputs reaches every anchor's
-    term, so only a non-finite result needs the inputs inspected to name the culprit."""
+def _check_finite_result(loss: Tensor, features: Tensor, centers: Tensor | None,
+                         negative_weights: Tensor | None) -> None:
+    """Finiteness is checked on the (small) result: a NaN or inf in the inputs, or a negative weight (whose log is
+    NaN), reaches every anchor's term, so only a non-finite result needs the inputs inspected to name the culprit."""
     if bool(torch.isfinite(loss).all()):
         return
-    for name, tensor in inputs.items():
+    for name, tensor in (("features", features), ("centers", centers)):
         if tensor is not None and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"{name} contain NaN or inf values.")
-        if name == "negative_weights" and tensor is not None and bool((tensor < 0).any()):
-            raise ValueError("negative_weights must be finite and non-negative.")
+    if negative_weights is not None and not bool((torch.isfinite(negative_weights) & (negative_weights >= 0)).all()):
+        raise ValueError("negative_weights must be finite and non-negative.")
 
 
 def _check_temperature(temperature: float) -> None:
@@ -153,7 +154,7 @@ def aligned_contrastive_per_anchor(
 
     log_weights = None if negative_weights is None else negative_weights.log()  # log 0 = -inf removes a class
     loss, count = _AlignedContrastive.apply(features, centers, labels, log_weights, temperature, start, stop)
-    _check_finite_result(loss, {"features": features, "centers": centers, "negative_weights": negative_weights})
+    _check_finite_result(loss, features, centers, negative_weights)
     return loss, count > 0
 
 
