@@ -9,10 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ltcl.data.augment import build_test_transform
-from ltcl.data.datasets import build_split
 from ltcl.data.longtail import shot_groups
-from ltcl.engine.inference import TrainedModel
+from ltcl.engine.inference import TrainedModel, evaluation_split
 
 GROUP_INDEX = {"many": 0, "medium": 1, "few": 2}
 
@@ -94,10 +92,7 @@ def collect_embeddings(trained: TrainedModel, classes: list[int], *, split: str 
         batch_size: evaluation batch size (0: the config's ``data.eval_batch_size``).
     """
     cfg = trained.cfg
-    dataset = build_split(cfg.data, split, build_test_transform(cfg.views))
-    if dataset is None:
-        raise ValueError(f"Dataset {cfg.data.dataset} has no '{split}' split (set data.{split}_list or use "
-                         "--split test).")
+    dataset = evaluation_split(cfg, split)
     targets = dataset.targets
     rng = np.random.default_rng(seed)
     indices = []

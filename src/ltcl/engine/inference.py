@@ -46,14 +46,20 @@ def load_trained_model(path: str, overrides: Sequence[str] = (), device: str = "
     return TrainedModel(model, cfg, counts, list(state["class_names"]), resolved, int(state["epoch"]))
 
 
-def evaluate_split(trained: TrainedModel, split: str) -> EvalResult:
-    """Many / Medium / Few / All of the checkpoint on the configured ``val`` or ``test`` split."""
-    cfg = trained.cfg
+def evaluation_split(cfg: Config, split: str):
+    """The ``val`` or ``test`` dataset of ``cfg`` with the test transform; a missing split is a ValueError."""
     dataset = build_split(cfg.data, split, build_test_transform(cfg.views))
     if dataset is None:
         raise ValueError(
             f"Dataset {cfg.data.dataset} has no '{split}' split (set data.{split}_list or use --split test)."
         )
+    return dataset
+
+
+def evaluate_split(trained: TrainedModel, split: str) -> EvalResult:
+    """Many / Medium / Few / All of the checkpoint on the configured ``val`` or ``test`` split."""
+    cfg = trained.cfg
+    dataset = evaluation_split(cfg, split)
     loader = DataLoader(dataset, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
     return evaluate(trained.model, loader, trained.class_counts, trained.device,
                     many=cfg.data.many_threshold, few=cfg.data.few_threshold)
