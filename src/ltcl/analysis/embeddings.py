@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ltcl.data.longtail import shot_groups
+from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 from ltcl.engine.inference import TrainedModel, evaluation_split
 
-GROUP_INDEX = {"many": 0, "medium": 1, "few": 2}
+GROUP_INDEX = {name: g for g, name in enumerate(SHOT_GROUPS)}
 
 
 @dataclass

@@ -18,9 +18,8 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from ltcl.data.longtail import shot_groups
+from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 
-GROUPS = ("many", "medium", "few")
 GROUP_COLOURS = {"many": "#1f5fa8", "medium": "#e08a1e", "few": "#c8323c", "all": "#4d4d4d"}
 
 
@@ -96,7 +95,7 @@ def group_means(values: np.ndarray, counts, many: int, few: int) -> dict[str, fl
     groups = shot_groups(list(counts), many=many, few=few).numpy()
     values = np.asarray(values, dtype=np.float64)
     means: dict[str, float | None] = {}
-    for g, name in enumerate(GROUPS + ("all",)):
+    for g, name in enumerate(SHOT_GROUPS + ("all",)):
         chosen = values[np.isfinite(values) & ((groups == g) if name != "all" else True)]
         means[name] = float(chosen.mean()) if chosen.size else None
     return means
@@ -191,7 +190,7 @@ def plot_per_class_accuracy(run_dir: str | Path, out: str | Path | None = None) 
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
     size = 30 if len(counts) <= 100 else 8
-    for g, name in enumerate(GROUPS):
+    for g, name in enumerate(SHOT_GROUPS):
         chosen = (groups == g) & np.isfinite(accuracy)
         if not chosen.any():
             continue
@@ -223,7 +222,7 @@ def plot_group_bars(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def _draw_group_bars(ax, test: dict[str, float | None]) -> None:
-    names = GROUPS + ("all",)
+    names = SHOT_GROUPS + ("all",)
     for x, name in enumerate(names):
         value = test.get(name)
         if value is None:
@@ -278,7 +277,7 @@ def plot_accuracy_curves(run_dir: str | Path, out: str | Path | None = None) -> 
     fig = Figure(figsize=(7, 4.2))
     ax = fig.subplots()
     ax.plot(m["epoch"], m["train_acc"], color="0.55", linestyle="--", label="train (first view, augmented)")
-    for name in GROUPS + ("all",):
+    for name in SHOT_GROUPS + ("all",):
         values = m.get(name)
         if values is not None and np.isfinite(values).any():
             ok = np.isfinite(values)

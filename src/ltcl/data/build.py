@@ -10,10 +10,8 @@ import torch
 from ltcl.config import Config
 from ltcl.data.augment import build_test_transform
 from ltcl.data.datasets import LabelledDataset, build_split
-from ltcl.data.longtail import shot_groups
+from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 from ltcl.data.views import build_multiview_transform, contrastive_view_counts
-
-GROUP_NAMES = ("many", "medium", "few")
 
 
 @dataclass
@@ -64,7 +62,7 @@ def describe(cfg: Config, bundle: DataBundle) -> dict[str, Any]:
     counts = bundle.train_counts
     groups = shot_groups(counts, many=cfg.data.many_threshold, few=cfg.data.few_threshold)
     views_per_group = {}
-    for g, name in enumerate(GROUP_NAMES):
+    for g, name in enumerate(SHOT_GROUPS):
         members = (groups == g).nonzero().flatten()
         views_per_group[name] = int(bundle.view_counts[members[0]]) if members.numel() else None
     order = sorted(range(len(counts)), key=lambda j: -counts[j])
@@ -79,7 +77,7 @@ def describe(cfg: Config, bundle: DataBundle) -> dict[str, Any]:
         "head_class": {"name": bundle.class_names[order[0]], "count": counts[order[0]]},
         "tail_class": {"name": bundle.class_names[order[-1]], "count": counts[order[-1]]},
         "imbalance_factor": counts[order[0]] / counts[order[-1]],
-        "groups": {name: int((groups == g).sum()) for g, name in enumerate(GROUP_NAMES)},
+        "groups": {name: int((groups == g).sum()) for g, name in enumerate(SHOT_GROUPS)},
         "num_views": cfg.views.num_views,
         "contrastive_mode": cfg.views.contrastive_mode,
         "contrastive_views_per_group": views_per_group,
@@ -109,7 +107,7 @@ def format_description(info: dict[str, Any]) -> str:
         f"shot groups       many {groups['many']} / medium {groups['medium']} / few {groups['few']} classes",
         f"views per image   {info['num_views']} of sizes {info['view_sizes']}",
         "contrastive views " + " / ".join(
-            f"{name} {'n/a' if views[name] is None else views[name]}" for name in GROUP_NAMES
+            f"{name} {'n/a' if views[name] is None else views[name]}" for name in SHOT_GROUPS
         ) + f" ({info['contrastive_mode']})",
     ]
     return "\n".join(lines)

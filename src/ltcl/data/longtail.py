@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 PROFILES = ("exp", "step")
+SHOT_GROUPS = ("many", "medium", "few")  # names of the indices 0, 1, 2 that shot_groups returns
 
 
 def longtail_counts(

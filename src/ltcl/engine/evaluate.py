@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Sampler
 
-from ltcl.data.longtail import shot_groups
+from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 from ltcl.engine.distributed import all_reduce_sum
-
-GROUP_NAMES = ("many", "medium", "few")
 
 
 class ShardSampler(Sampler):
@@ -61,7 +59,7 @@ def accuracy_from_counts(
     per_class = torch.where(seen > 0, correct / seen.clamp(min=1), torch.full_like(seen, math.nan))
     groups = shot_groups(train_counts, many=many, few=few)
     values = {}
-    for g, name in enumerate(GROUP_NAMES):
+    for g, name in enumerate(SHOT_GROUPS):
         accs = per_class[(groups == g) & (seen > 0)]
         values[name] = 100.0 * float(accs.mean()) if accs.numel() else None
     total = float(seen.sum())
