@@ -198,11 +198,25 @@ def blur_kernel_size(size: int) -> int:
     return max(3, k + 1 - k % 2)
 
 
-def _normalization(views_cfg: ViewsConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalization_stats(views_cfg: ViewsConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel of ``views.normalization``."""
     if views_cfg.normalization not in NORMALIZATION:
         known = ", ".join(NORMALIZATION)
         raise ValueError(f"views.normalization must be one of {known}; got {views_cfg.normalization!r}.")
     return NORMALIZATION[views_cfg.normalization]
+
+
+def cutout_fill_values(views_cfg: ViewsConfig, mean: Sequence[float], std: Sequence[float]) -> list[float]:
+    """What Cutout writes into the normalised image, per channel, for ``views.cutout_fill``.
+
+    "mean" writes 0 (the mean colour); "black" reproduces GPaCo's code, which cuts before Normalize, so pixel 0
+    becomes -mean/std.
+    """
+    if views_cfg.cutout_fill not in CUTOUT_FILLS:
+        raise ValueError(
+            f"views.cutout_fill must be one of {', '.join(CUTOUT_FILLS)}; got {views_cfg.cutout_fill!r}."
+        )
+    return [0.0] * 3 if views_cfg.cutout_fill == "mean" else [-m / s for m, s in zip(mean, std)]
 
 
 def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float], blur: float = 0.0, size: int = 0):
@@ -258,17 +272,12 @@ def build_train_transform(preset: str, size: int, views_cfg: ViewsConfig) -> Cal
         raise ValueError(f"Unknown augmentation preset {preset!r}; known presets: {', '.join(PRESETS)}.")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"View size must be a positive number of pixels, got {size!r}.")
-    mean, std = _normalization(views_cfg)
+    mean, std = normalization_stats(views_cfg)
     mean_pixel = tuple(round(255 * m) for m in mean)
     flip = v2.RandomHorizontalFlip()
 
     if preset == "cifar_autoaugment_cutout":
-        if views_cfg.cutout_fill not in CUTOUT_FILLS:
-            raise ValueError(
-                f"views.cutout_fill must be one of {', '.join(CUTOUT_FILLS)}; got {views_cfg.cutout_fill!r}."
-            )
-        # "black" reproduces GPaCo's code, which cuts before Normalize: pixel 0 becomes -mean/std.
-        fill = [0.0] * 3 if views_cfg.cutout_fill == "mean" else [-m / s for m, s in zip(mean, std)]
+        fill = cutout_fill_values(views_cfg, mean, std)
         steps = [
             RandomPadCrop(4),
             flip,
@@ -314,7 +323,7 @@ def build_test_transform(views_cfg: ViewsConfig) -> Callable[..., Tensor]:
     Returns:
         A callable mapping a PIL RGB image to a float32 tensor (3, test_size, test_size).
     """
-    mean, std = _normalization(views_cfg)
+    mean, std = normalization_stats(views_cfg)
     if views_cfg.test_size < 1:
         raise ValueError(f"views.test_size must be a positive number of pixels, got {views_cfg.test_size}.")
     if views_cfg.test_resize < 0:

@@ -29,7 +29,7 @@ from torch import Tensor
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
 from ltcl.config import ViewsConfig
-from ltcl.data.augment import CUTOUT_FILLS, NORMALIZATION, blur_kernel_size
+from ltcl.data.augment import blur_kernel_size, cutout_fill_values, normalization_stats
 from ltcl.data.batch_ops import (
     _constant,
     adjust_brightness,
@@ -232,17 +232,13 @@ class BatchViewAugment:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"View size must be a positive number of pixels, got {size!r}.")
         self.preset, self.size = preset, size
-        self.mean, self.std = _normalization(views_cfg)
+        self.mean, self.std = normalization_stats(views_cfg)
         # AutoAugment fills exposed areas with the mean colour, rounded to a pixel level as augment.py does.
         self.fill = tuple(round(255 * m) / 255 for m in self.mean)
         self.cutout_length = max(1, round(16 * size / 32))
         self.cutout_fill = (0.0, 0.0, 0.0)
         if preset == "cifar_autoaugment_cutout":
-            if views_cfg.cutout_fill not in CUTOUT_FILLS:
-                known = ", ".join(CUTOUT_FILLS)
-                raise ValueError(f"views.cutout_fill must be one of {known}; got {views_cfg.cutout_fill!r}.")
-            if views_cfg.cutout_fill == "black":  # pixel 0 after normalisation, as GPaCo's code
-                self.cutout_fill = tuple(-m / s for m, s in zip(self.mean, self.std))
+            self.cutout_fill = tuple(cutout_fill_values(views_cfg, self.mean, self.std))
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """Augments every image of the batch with its own random parameters.
@@ -353,14 +349,7 @@ def normalize_batch(images: Tensor, views_cfg: ViewsConfig) -> Tensor:
     """(B, 3, H, W) in [0, 1] -> ``(images - mean) / std``, statistics of ``views_cfg.normalization``."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"normalize_batch expects images of shape (B, 3, H, W), got {tuple(images.shape)}.")
-    return normalize(images, *_normalization(views_cfg))
-
-
-def _normalization(views_cfg: ViewsConfig):
-    if views_cfg.normalization not in NORMALIZATION:
-        known = ", ".join(NORMALIZATION)
-        raise ValueError(f"views.normalization must be one of {known}; got {views_cfg.normalization!r}.")
-    return NORMALIZATION[views_cfg.normalization]
+    return normalize(images, *normalization_stats(views_cfg))
 
 
 def _check_batch(images: Tensor, generator: torch.Generator) -> None:
