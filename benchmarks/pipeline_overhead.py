@@ -4,8 +4,9 @@ Both measurements train the same network with the same optimiser on the same bat
 at 32 px), in the same process, one after the other:
 
 - full: the real training step of ``ltcl train`` — DataLoader workers decode nothing (images are in memory) but
-  augment 4 views per image (AutoAugment + Cutout, SimCLR), the distribution-aware collate, forward per view
-  size, Balanced Softmax + ACL with centres and weights, backward, SGD step, metric bookkeeping;
+  augment 4 views per image (AutoAugment + Cutout, SimCLR), the distribution-aware collate, then the trainer's
+  own ``multiview_objective`` (forward per view size, Balanced Softmax + ACL with centres and weights), backward,
+  SGD step and one loss read-back per step;
 - bare: forward, cross-entropy, backward and SGD step on tensors that are already batched in memory.
 
 Overhead = bare images/s / full images/s - 1. Prints a Markdown table.
@@ -29,7 +30,7 @@ from ltcl.data.views import MultiViewBatch
 from ltcl.engine.distributed import DistributedContext
 from ltcl.engine.objective import Objective
 from ltcl.engine.runtime import keep_freed_memory
-from ltcl.engine.trainer import MultiViewForward, build_model, make_loaders
+from ltcl.engine.trainer import MultiViewForward, build_model, make_loaders, multiview_objective
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,11 +51,7 @@ def full_pipeline(cfg, data, steps, warmup):
         batch: MultiViewBatch = next(batches)
         if step < 2:
             kept.append(batch)
-        outputs = forward(batch.groups, True)
-        logits = batch.reassemble([o.logits for o in outputs]).flatten(0, 1)
-        projections = batch.reassemble([o.projections for o in outputs]).flatten(0, 1)
-        labels = batch.labels.repeat(batch.num_views)
-        loss, parts = objective(logits, labels, projections, batch.contrastive_mask.flatten())
+        loss = multiview_objective(forward, objective, batch, True)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -89,6 +89,25 @@ class MultiViewForward(nn.Module):
         return [self.run(images, with_projection=with_projection) for images in groups]
 
 
+def multiview_objective(forward: MultiViewForward, objective: Objective, batch: MultiViewBatch,
+                        need_projections: bool):
+    """Forward of every view group and the training objective on the views stacked view-major.
+
+    Returns:
+        loss (scalar), its parts (dict), logits (V*B, C), labels (V*B,), projections (V*B, D) or None, and the
+        (V*B,) contrastive mask.
+    """
+    outputs = forward(batch.groups, need_projections)
+    logits = batch.reassemble([o.logits for o in outputs]).flatten(0, 1)
+    projections = None
+    if need_projections:
+        projections = batch.reassemble([o.projections for o in outputs]).flatten(0, 1)
+    labels = batch.labels.repeat(batch.num_views)
+    mask = batch.contrastive_mask.flatten()
+    loss, parts = objective(logits, labels, projections, mask)
+    return loss, parts, logits, labels, projections, mask
+
+
 def yield_to_training(worker_id: int) -> None:
     """Loader workers of a CPU run give way to the training threads.
 
@@ -278,14 +297,8 @@ def train_one_epoch(cfg, ctx, epoch, start_batch, global_step, steps_per_epoch, 
             group["lr"] = lr
 
         with autocast_context(device, cfg.train.amp):
-            outputs = forward(batch.groups, need_projections)
-            logits = batch.reassemble([o.logits for o in outputs]).flatten(0, 1)  # (V*B, C), view-major
-            projections = None
-            if need_projections:
-                projections = batch.reassemble([o.projections for o in outputs]).flatten(0, 1)
-            labels = batch.labels.repeat(batch.num_views)
-            mask = batch.contrastive_mask.flatten()
-            loss, parts = objective(logits, labels, projections, mask)
+            loss, parts, logits, labels, projections, mask = multiview_objective(forward, objective, batch,
+                                                                                 need_projections)
 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
