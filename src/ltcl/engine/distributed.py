@@ -1,8 +1,8 @@
 """torchrun initialisation and rank-0 helpers.
 
 ``torchrun --nnodes N --nproc-per-node G -m ltcl.cli train ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; without
-them the run is a single process. Gathering with gradient lives in :mod:`ltcl.losses.gather` (losses never
-import the engine).
+them the run is a single process. The primitives every floor uses (all-reduce, barrier, gather with
+gradient) live in :mod:`ltcl.dist`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ltcl.losses.gather import distributed_world
-
-__all__ = ["DistributedContext", "all_reduce_sum", "distributed_world", "init_distributed", "shutdown"]
+from ltcl.dist import is_initialized
 
 
 @dataclass
@@ -56,18 +54,6 @@ def init_distributed(requested_device: str = "auto") -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank, device)
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sums ``tensor`` over processes in place (no-op for a single process) and returns it."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ltcl.data.longtail import SHOT_GROUPS, shot_groups
-from ltcl.engine.distributed import all_reduce_sum
+from ltcl.dist import all_reduce_sum
 
 
 class ShardSampler(Sampler):

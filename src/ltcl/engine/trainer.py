@@ -23,8 +23,9 @@ from ltcl.data.build import DataBundle, build_data
 from ltcl.data.device_loader import DeviceEvalBatches, DeviceViewLoader, device_eval_supported
 from ltcl.data.sampling import EpochBatchSampler, SeededDataset
 from ltcl.data.views import MultiViewBatch, MultiViewCollate
+from ltcl.dist import all_reduce_sum, barrier
 from ltcl.engine import checkpoint as ckpt
-from ltcl.engine.distributed import DistributedContext, all_reduce_sum, barrier, init_distributed, shutdown
+from ltcl.engine.distributed import DistributedContext, init_distributed, shutdown
 from ltcl.engine.evaluate import EvalResult, ShardSampler, autocast_context, evaluate, format_cell, format_table
 from ltcl.engine.objective import Objective, parse_objective
 from ltcl.engine.records import RunRecorder, run_directory

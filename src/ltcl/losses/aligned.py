@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltcl.dist import gather_rows, global_mean
 from ltcl.losses import functional as LF
-from ltcl.losses.gather import gather_rows, global_mean
 
 NEGATIVE_WEIGHTINGS = ("inverse_frequency", "none")
 
@@ -102,7 +102,7 @@ class AlignedContrastiveLoss(nn.Module):
         weights = self.negative_weights if self.negative_weighting != "none" else None
         centers = None
         if self.use_centers:
-            LF._check_labels(labels, features.shape[0], self.num_classes)
+            LF.check_labels(labels, features.shape[0], self.num_classes)
             class_mean, present = self._class_means(features.detach(), labels)
             centers, known = self._centers_for_batch(class_mean, present)
             # Unset centres of classes absent from the batch must not act as negatives: weight 0 removes them.

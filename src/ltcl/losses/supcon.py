@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ltcl.dist import gather_rows, global_mean
 from ltcl.losses import functional as LF
-from ltcl.losses.gather import gather_rows, global_mean
 
 
 class SupConLoss(nn.Module):

@@ -1,8 +1,9 @@
-"""Cross-process helpers for contrastive losses under ``torch.distributed`` (reference.md, trap 2).
+"""Distributed primitives on the ground floor: losses, data and engine all import them (this imports no ltcl).
 
-A plain ``all_gather`` cuts the graph: the other ranks' rows arrive as constants and their gradients never go
-back. :class:`_GatherWithGradient` all-gathers in the forward pass and, in the backward pass, sums every rank's
-gradient for each row and hands each rank the gradient of its own rows. (The deprecated
+Every function is a no-op for a single process. Gathering with gradient (reference.md, trap 2): a plain
+``all_gather`` cuts the graph, so the other ranks' rows arrive as constants and their gradients never go back.
+:class:`_GatherWithGradient` all-gathers in the forward pass and, in the backward pass, sums every rank's gradient
+for each row and hands each rank the gradient of its own rows. (The deprecated
 ``torch.distributed.nn.functional.all_gather`` does the same but was seen to abort processes at teardown.)
 """
 
@@ -13,11 +14,27 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def distributed_world() -> tuple[int, int]:
     """(rank, world size); (0, 1) when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sums ``tensor`` over processes in place (no-op for a single process) and returns it."""
+    if is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
 
 
 class _GatherWithGradient(torch.autograd.Function):
