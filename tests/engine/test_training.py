@@ -17,7 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
-from ltcl.engine.trainer import KILL_AT_STEP
+from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "configs" / "digits_lt.yaml")
@@ -73,28 +73,44 @@ def test_a_run_writes_its_directory(tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
 
 
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
-    common = [*TINY, "optim.epochs=3", "train.max_steps_per_epoch=4", "train.deterministic=true",
-              "train.checkpoint_every_steps=2", "optim.warmup_epochs=1"]
-    ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'straight'}"))
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The uninterrupted run every interrupted one must end identical to."""
+    out = tmp_path_factory.mktemp("straight")
+    ltcl("train", "-c", DIGITS, *sets(*INTERRUPTIBLE, f"train.output_dir={out}"))
+    return out / "digits_lt"
 
-    killed_dir = tmp_path / "killed"
-    # Step 7 is the 3rd batch of epoch 2: the last checkpoint was written after its 2nd batch.
-    proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed_dir}"),
-                env={KILL_AT_STEP: "7"}, check=False)
-    assert proc.returncode == -signal.SIGKILL
-    state = torch.load(killed_dir / "digits_lt" / "checkpoint_last.pt", weights_only=True)
-    assert (state["epoch"], state["batch"], state["global_step"]) == (1, 2, 6)
 
-    resumed = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed_dir}"),
-                   "--resume", str(killed_dir / "digits_lt" / "checkpoint_last.pt"))
+INTERRUPTIBLE = [*TINY, "optim.epochs=3", "train.max_steps_per_epoch=4", "train.deterministic=true",
+                 "train.checkpoint_every_steps=2", "optim.warmup_epochs=1"]
+
+
+@pytest.mark.parametrize("how, status, saved_at", [
+    ("KILL", -signal.SIGKILL, (1, 2, 6)),  # no warning: the step checkpoint after batch 2 of epoch 2 is all there is
+    ("INT", 130, (1, 3, 7)),  # Ctrl-C: step 7 (batch 3 of epoch 2) finishes, then it is saved
+    ("TERM", 143, (1, 3, 7)),  # a cluster's pre-emption notice: the same
+])
+def test_a_stopped_run_resumes_to_the_same_weights_and_metrics(tmp_path, straight_run, how, status, saved_at):
+    stopped = tmp_path / "stopped"
+    proc = ltcl("train", "-c", DIGITS, *sets(*INTERRUPTIBLE, f"train.output_dir={stopped}"),
+                env={TEST_SIGNAL_AT_STEP: f"7:{how}"}, check=False)
+    assert proc.returncode == status, proc.stderr
+    if how != "KILL":
+        assert "--resume" in proc.stderr and "Traceback" not in proc.stderr
+    state = torch.load(stopped / "digits_lt" / "checkpoint_last.pt", weights_only=True)
+    assert (state["epoch"], state["batch"], state["global_step"]) == saved_at
+
+    resumed = ltcl("train", "--resume", str(stopped / "digits_lt" / "checkpoint_last.pt"))
     assert "resumed from" in resumed.stdout
-    want, got = final_weights(tmp_path / "straight" / "digits_lt"), final_weights(killed_dir / "digits_lt")
+    want, got = final_weights(straight_run), final_weights(stopped / "digits_lt")
     assert want.keys() == got.keys()
     for key in want:
         assert torch.equal(want[key], got[key]), key
-    rows = list(csv.DictReader((killed_dir / "digits_lt" / "metrics.csv").open()))
+    rows = list(csv.DictReader((stopped / "digits_lt" / "metrics.csv").open()))
+    straight = list(csv.DictReader((straight_run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # the interrupted epoch is logged once
+    for key in ("loss", "loss_cls", "loss_con", "train_acc", "all"):  # ... and its row covers all its batches
+        assert [r[key] for r in rows] == [r[key] for r in straight], key
 
 
 def test_eval_and_predict_use_the_checkpoint(tmp_path):
@@ -156,7 +172,7 @@ def test_cifar10_lt_acl_config_trains_resumes_and_evaluates_on_the_shared_data(t
               f"train.output_dir={tmp_path}"]
     ltcl("train", "-c", config, *sets(*common, "optim.epochs=1"))
     run = tmp_path / "cifar10_lt_if100_acl"
-    proc = ltcl("train", "-c", config, *sets(*common, "optim.epochs=2"), "--resume", str(run / "checkpoint_last.pt"))
+    proc = ltcl("train", "--resume", str(run / "checkpoint_last.pt"), "--extend-epochs", "2")
     assert "epoch 2/2" in proc.stdout and "| Many | Medium | Few | All |" in proc.stdout
     results = json.loads((run / "results.json").read_text())
     assert results["test"]["few"] is None  # CIFAR-10-LT IF100 has no class under 20 images: n/a, not 0
@@ -181,7 +197,7 @@ def test_device_augmentation_is_reproducible_and_resumes_exactly(tmp_path):
     for name in ("a", "b"):
         ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / name}"))
     killed = tmp_path / "killed"
-    proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed}"), env={KILL_AT_STEP: "5"},
+    proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed}"), env={TEST_SIGNAL_AT_STEP: "5:KILL"},
                 check=False)
     assert proc.returncode == -signal.SIGKILL
     ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed}"),

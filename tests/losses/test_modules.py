@@ -144,8 +144,12 @@ def test_forward_rejects_features_of_another_dimension_and_labels_out_of_range()
     loss_fn = AlignedContrastiveLoss(COUNTS, 6)
     with pytest.raises(ValueError, match=r"features must have shape \(N, 6\), got \(4, 5\)"):
         loss_fn(torch.randn(4, 5), torch.tensor([0, 1, 2, 3]))
+    # Label values are validated where they enter (datasets, the functional API), not in the training step.
+    features, labels = batch([0, 1, 2, 7])
     with pytest.raises(ValueError, match="labels must be < the number of classes 5, got 7"):
-        loss_fn(*batch([0, 1, 2, 7]))
+        LF.aligned_contrastive_loss(features, labels, temperature=0.1, centers=loss_fn.centers)
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        loss_fn(features, labels[:3])
     with pytest.raises(ValueError, match="class 2 has 0"):
         BalancedSoftmaxLoss([3, 2, 0])
     with pytest.raises(ValueError, match="temperature must be a positive"):

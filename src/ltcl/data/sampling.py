@@ -109,3 +109,16 @@ class SeededDataset(Dataset):
         random.seed(seed)
         np.random.seed(seed % 2**32)
         return self.dataset[index]
+
+
+class ShardSampler(Sampler):
+    """Indices ``rank, rank + W, rank + 2W, ...`` of a dataset: disjoint shards that cover it exactly once."""
+
+    def __init__(self, num_items: int, rank: int = 0, world_size: int = 1):
+        self.indices = range(rank, num_items, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)

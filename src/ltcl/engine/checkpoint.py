@@ -1,8 +1,11 @@
-"""Checkpoints: atomic writes, and contents that ``torch.load(weights_only=True)`` accepts (reference.md, trap 6).
+"""Checkpoints: one schema, atomic writes, and contents that ``torch.load(weights_only=True)`` accepts.
 
-A checkpoint holds plain dicts, lists, numbers, strings and tensors only: the config as a dict, the random
-generator states as tensors. It is written to a temporary file in the same folder, flushed to disk, then renamed
-over the old one, so a run killed while saving leaves the previous checkpoint intact.
+A checkpoint holds plain dicts, lists, numbers, strings and tensors only (reference.md, trap 6): the stateful
+objects of :class:`~ltcl.engine.state.TrainState` under their own names (``STATEFUL``), its counters
+(``COUNTERS``), the random generator states as tensors, and the facts needed to use the model without the
+training data (``FACTS``: the config as a dict, the class counts and names). It is written to a temporary file in
+the same folder, flushed, then renamed over the old one, so a run killed while saving keeps its previous
+checkpoint.
 """
 
 from __future__ import annotations
@@ -10,23 +13,73 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+from ltcl.engine.rundir import RunDir
+from ltcl.engine.state import TrainState
+
+FORMAT_VERSION = 2
+STATEFUL = ("model", "objective", "optimizer", "scaler", "progress")  # objects with state_dict()
+COUNTERS = ("epoch", "batch", "global_step", "best")
+FACTS = ("config", "class_counts", "class_names")
+KEYS = ("format", *STATEFUL, *COUNTERS, "rng", *FACTS)
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    """Writes ``state`` to ``path`` so that readers see either the old file or the complete new one."""
+class Checkpointer:
+    """Saves and restores a :class:`TrainState` in a run directory (only rank 0 writes).
+
+    Args:
+        run_dir: where ``checkpoint_last.pt`` and ``checkpoint_best.pt`` live.
+        facts: the config dict, class counts and class names stored with every checkpoint.
+        is_main: whether this process writes.
+    """
+
+    def __init__(self, run_dir: RunDir, facts: dict[str, Any], *, is_main: bool) -> None:
+        if set(facts) != set(FACTS):
+            raise ValueError(f"Checkpointer facts must be exactly {', '.join(FACTS)}.")
+        self.run_dir, self.facts, self.is_main = run_dir, facts, is_main
+
+    def save_last(self, state: TrainState) -> None:
+        self._save(state, self.run_dir.last_checkpoint)
+
+    def save_best(self, state: TrainState) -> None:
+        self._save(state, self.run_dir.best_checkpoint)
+
+    def _save(self, state: TrainState, path: Path) -> None:
+        # Every process collects the state (the epoch sums are all-reduced in the process); rank 0 writes it.
+        contents: dict[str, Any] = {"format": FORMAT_VERSION, "rng": rng_state(), **self.facts}
+        for name in STATEFUL:
+            obj = getattr(state, name)
+            contents[name] = None if obj is None else obj.state_dict()
+        contents |= {name: getattr(state, name) for name in COUNTERS}
+        if self.is_main:
+            save_atomic(contents, path)
+
+
+def restore(state: TrainState, checkpoint: dict[str, Any]) -> None:
+    """Loads every stateful object, the counters and the random generators of ``checkpoint`` into ``state``."""
+    for name in STATEFUL:
+        obj, saved = getattr(state, name), checkpoint[name]
+        if obj is not None and saved is not None:
+            obj.load_state_dict(saved)
+    for name in COUNTERS:
+        setattr(state, name, checkpoint[name])
+    set_rng_state(checkpoint["rng"])
+
+
+def save_atomic(contents: dict[str, Any], path: str | Path) -> None:
+    """Writes ``contents`` to ``path`` so that readers see either the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
+            torch.save(contents, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -36,23 +89,44 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Loads a checkpoint written by ltcl (weights only, on the CPU).
+    """Loads a checkpoint written by ltcl (tensors and plain values only, on the CPU).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not an ltcl checkpoint, or is damaged.
+        ValueError: a directory, a damaged or foreign file, or a checkpoint of another format version. The message
+            never repeats torch's advice to unpickle the file: a file we cannot read safely is not read at all.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = [name for name in (RunDir.LAST, RunDir.BEST) if (path / name).is_file()]
+        hint = f"; it holds {' and '.join(inside)}" if inside else ""
+        raise ValueError(f"Checkpoint {path} is a directory, not a checkpoint file{hint}.")
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"Checkpoint {path} could not be read ({reason}).") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "model" not in state:
-        raise ValueError(f"Checkpoint {path} was not written by ltcl's trainer (no format {FORMAT_VERSION} marker).")
-    return state
+        contents = torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError, RuntimeError) as err:
+        damaged = isinstance(err, (zipfile.BadZipFile, EOFError)) or "zip archive" in str(err)
+        what = "is truncated or damaged" if damaged else "is not a PyTorch checkpoint written by ltcl"
+        raise ValueError(f"Checkpoint {path} {what}, so it was not loaded.") from None
+    except Exception:  # weights_only refusals (pickled objects) and anything else: never retry unsafely
+        raise ValueError(
+            f"Checkpoint {path} holds objects other than tensors and plain values (it was not written "
+            "by ltcl), so it was not loaded."
+        ) from None
+    if not isinstance(contents, dict) or "format" not in contents or "model" not in contents:
+        raise ValueError(f"Checkpoint {path} was not written by ltcl's trainer (no format marker).")
+    if contents["format"] != FORMAT_VERSION:
+        raise ValueError(
+            f"Checkpoint {path} has format {contents['format']}; this ltcl reads format "
+            f"{FORMAT_VERSION} (it was written by another version of ltcl)."
+        )
+    return contents
+
+
+def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or inf."""
+    return [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def rng_state() -> dict[str, Any]:
@@ -70,22 +144,15 @@ def rng_state() -> dict[str, Any]:
         "python_gauss": None if gauss is None else float(gauss),
     }
     if torch.cuda.is_available():
-        state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restores what :func:`rng_state` saved."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(
-        (
-            "MT19937",
-            state["numpy_keys"].numpy().astype(np.uint32),
-            state["numpy_position"],
-            state["numpy_has_gauss"],
-            state["numpy_cached"],
-        )
-    )
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_position"], state["numpy_has_gauss"], state["numpy_cached"]))
     random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -32,11 +32,12 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def _pick_device(requested: str, local_rank: int) -> torch.device:
+def pick_device(requested: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``; ``key`` names the setting in the error."""
     if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"train.device must be auto, cpu or cuda, got '{requested}'.")
+        raise ValueError(f"{key} must be auto, cpu or cuda, got '{requested}'.")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available.")
+        raise ValueError(f"{key} is 'cuda' but no CUDA device is available on this machine (use cpu or auto).")
     if requested == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     torch.cuda.set_device(local_rank)
@@ -48,7 +49,7 @@ def init_distributed(requested_device: str = "auto") -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _pick_device(requested_device, local_rank)
+    device = pick_device(requested_device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistributedContext(rank, world_size, local_rank, device)

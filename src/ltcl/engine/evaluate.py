@@ -12,23 +12,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import Sampler
 
 from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 from ltcl.dist import all_reduce_sum
 
+ACCURACY_COLUMNS = (*SHOT_GROUPS, "all")  # the columns of every accuracy table, in percent
 
-class ShardSampler(Sampler):
-    """Indices ``rank, rank + W, rank + 2W, ...`` of a dataset: disjoint shards that cover it exactly once."""
 
-    def __init__(self, num_items: int, rank: int = 0, world_size: int = 1):
-        self.indices = range(rank, num_items, world_size)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self):
-        return iter(self.indices)
+class NonFiniteOutput(ValueError):
+    """The model produced NaN or inf logits: its accuracy would mean nothing, so none is reported."""
 
 
 @dataclass
@@ -76,8 +68,15 @@ def autocast_context(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def predict(model, loader, device: torch.device, *, amp: str = "none", channels_last: bool = False,
-            with_projection: bool = False):
+def predict(
+    model,
+    loader,
+    device: torch.device,
+    *,
+    amp: str = "none",
+    channels_last: bool = False,
+    with_projection: bool = False,
+):
     """Runs the model over a loader of ``(images, labels)``.
 
     Returns:
@@ -103,9 +102,18 @@ def predict(model, loader, device: torch.device, *, amp: str = "none", channels_
     return logits, labels, projections
 
 
-def evaluate(model, loader, train_counts: Sequence[int], device: torch.device, *, amp: str = "none",
-             channels_last: bool = False, many: int = 100, few: int = 20,
-             logit_adjustment: torch.Tensor | None = None) -> EvalResult:
+def evaluate(
+    model,
+    loader,
+    train_counts: Sequence[int],
+    device: torch.device,
+    *,
+    amp: str = "none",
+    channels_last: bool = False,
+    many: int = 100,
+    few: int = 20,
+    logit_adjustment: torch.Tensor | None = None,
+) -> EvalResult:
     """Top-1 accuracy per class and per shot group, summed over processes.
 
     Args:
@@ -113,6 +121,11 @@ def evaluate(model, loader, train_counts: Sequence[int], device: torch.device, *
             adjustment, ``tau * log prior``).
     """
     logits, labels, _ = predict(model, loader, device, amp=amp, channels_last=channels_last)
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteOutput(
+            "The model's logits contain NaN or inf values, so no accuracy is reported: its weights "
+            "are broken (a diverged run)."
+        )
     if logit_adjustment is not None:
         logits = logits - logit_adjustment.to(logits)
     num_classes = len(train_counts)
@@ -132,6 +145,8 @@ def format_table(rows: dict[str, EvalResult]) -> str:
     """A Markdown table, one row per evaluated split or setting: Many / Medium / Few / All in percent."""
     lines = ["| | Many | Medium | Few | All |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {format_cell(r.many)} | {format_cell(r.medium)} | {format_cell(r.few)} | "
-                     f"{format_cell(r.all)} |")
+        lines.append(
+            f"| {name} | {format_cell(r.many)} | {format_cell(r.medium)} | {format_cell(r.few)} | "
+            f"{format_cell(r.all)} |"
+        )
     return "\n".join(lines)

@@ -1,20 +1,33 @@
-"""Using a trained checkpoint: rebuild its model, evaluate a split, predict images."""
+"""Using a trained checkpoint from any directory: rebuild its model, evaluate a split, classify image files.
+
+The checkpoint carries everything but the evaluation images: the config (with absolute data paths), the class
+counts and names, and every weight, so evaluating needs only the split it evaluates and nothing is downloaded.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import glob
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from ltcl.config import Config, apply_override, from_dict
+from ltcl.config import Config, from_dict
 from ltcl.data.augment import build_test_transform
-from ltcl.data.datasets import build_split, load_image
-from ltcl.engine import checkpoint as ckpt
-from ltcl.engine.distributed import DistributedContext
-from ltcl.engine.evaluate import EvalResult, evaluate
+from ltcl.data.datasets import IMAGE_EXTENSIONS, build_split, load_image
+from ltcl.engine.checkpoint import load_checkpoint, non_finite_tensors
+from ltcl.engine.distributed import pick_device
+from ltcl.engine.evaluate import EvalResult, autocast_context, evaluate
+from ltcl.engine.recipe import build_model, loader_options
+from ltcl.engine.resume import EVAL_MAY_CHANGE, checked_config, from_dict_values
+from ltcl.engine.runtime import resolve_amp
 from ltcl.losses.functional import log_prior
+
+
+class BrokenModel(ValueError):
+    """A checkpoint whose weights hold NaN or inf: no accuracy or prediction is reported for it."""
 
 
 @dataclass
@@ -25,64 +38,138 @@ class TrainedModel:
     class_names: list[str]
     device: torch.device
     epoch: int
+    amp: str
 
 
-def load_trained_model(path: str, overrides: Sequence[str] = (), device: str = "auto") -> TrainedModel:
-    """Rebuilds the network of a checkpoint (its own config, plus ``--set`` overrides) and loads its weights."""
-    from ltcl.engine.trainer import build_model  # the trainer's own model recipe, so that the keys match
+def load_trained_model(path: str | Path, overrides: Sequence[str] = (), device: str = "auto") -> TrainedModel:
+    """Rebuilds the network of a checkpoint (its own config) and loads its weights.
 
-    state = ckpt.load_checkpoint(path)
-    values = state["config"]
-    for text in overrides:
-        apply_override(values, text)
+    Args:
+        overrides: ``--set`` values; only keys that leave the model unchanged are accepted (data paths, loader
+            settings, shot-group thresholds), others raise one ValueError naming them.
+        device: auto | cpu | cuda.
+
+    Raises:
+        BrokenModel: the weights hold NaN or inf.
+    """
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint["config"]
+    values = from_dict_values(saved, overrides)
+    checked_config(saved, values, EVAL_MAY_CHANGE, f"Evaluating {path} with these --set values")
     cfg = from_dict(values)
-    resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                            ("cpu" if device == "auto" else device))
-    ctx = DistributedContext(0, 1, 0, resolved)
-    counts = list(state["class_counts"])
-    model = build_model(cfg, len(counts), ctx)
-    model.load_state_dict(state["model"])
+    resolved = pick_device(device, key="--device")
+    counts = list(checkpoint["class_counts"])
+    model, _ = build_model(cfg, len(counts), resolved, load_weights=False)
+    broken = non_finite_tensors(checkpoint["model"])
+    if broken:
+        raise BrokenModel(
+            f"Checkpoint {path} holds NaN or inf weights ({len(broken)} tensors, first "
+            f"{broken[0]}): the run diverged, so no accuracy or prediction is reported for it."
+        )
+    model.load_state_dict(checkpoint["model"])
     model.eval()
-    return TrainedModel(model, cfg, counts, list(state["class_names"]), resolved, int(state["epoch"]))
+    # The training precision, so that evaluating reproduces the run's own numbers (fp16 needs CUDA: auto elsewhere).
+    amp, _ = resolve_amp("auto" if cfg.train.amp == "fp16" and resolved.type != "cuda" else cfg.train.amp, resolved)
+    return TrainedModel(model, cfg, counts, list(checkpoint["class_names"]), resolved, int(checkpoint["epoch"]), amp)
 
 
-def evaluation_split(cfg: Config, split: str):
-    """The ``val`` or ``test`` dataset of ``cfg`` with the test transform; a missing split is a ValueError."""
-    dataset = build_split(cfg.data, split, build_test_transform(cfg.views))
+def evaluation_split(trained: TrainedModel, split: str):
+    """The ``val`` or ``test`` dataset of the checkpoint's config with the test transform (only that split is
+    read: the class names come from the checkpoint); a missing split is a ValueError."""
+    cfg = trained.cfg
+    dataset = build_split(cfg.data, split, build_test_transform(cfg.views), class_names=trained.class_names)
     if dataset is None:
         raise ValueError(
-            f"Dataset {cfg.data.dataset} has no '{split}' split (set data.{split}_list or use --split test)."
+            f"Dataset {cfg.data.dataset} has no '{split}' split here (set data.{split}_list, "
+            f"data.val_per_class or a {split}/ folder, or use the other --split)."
         )
     return dataset
 
 
 def evaluate_split(trained: TrainedModel, split: str) -> EvalResult:
-    """Many / Medium / Few / All of the checkpoint on the configured ``val`` or ``test`` split."""
+    """Many / Medium / Few / All of the checkpoint on its ``val`` or ``test`` split, with the training precision."""
     cfg = trained.cfg
-    dataset = evaluation_split(cfg, split)
-    loader = DataLoader(dataset, batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
-    return evaluate(trained.model, loader, trained.class_counts, trained.device,
-                    many=cfg.data.many_threshold, few=cfg.data.few_threshold)
+    loader = DataLoader(
+        evaluation_split(trained, split), batch_size=cfg.data.eval_batch_size, **loader_options(cfg, trained.device)
+    )
+    return evaluate(
+        trained.model,
+        loader,
+        trained.class_counts,
+        trained.device,
+        amp=trained.amp,
+        channels_last=cfg.train.channels_last,
+        many=cfg.data.many_threshold,
+        few=cfg.data.few_threshold,
+    )
+
+
+def collect_images(items: Sequence[str]) -> list[Path]:
+    """Image files from files, folders (searched recursively, sorted) and quoted glob patterns, in the given order.
+
+    Raises:
+        FileNotFoundError: an item matches nothing.
+    """
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not found:
+                raise FileNotFoundError(f"Folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
+            paths += found
+        elif path.exists():
+            paths.append(path)
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise FileNotFoundError(f"The pattern {item} matches no file.")
+            paths += matches
+        else:
+            paths.append(path)  # reported as unreadable by predict_images, which goes on with the others
+    return paths
 
 
 @torch.no_grad()
-def predict_images(trained: TrainedModel, paths: Sequence[str], top_k: int = 5,
-                   logit_adjust_tau: float = 0.0) -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) for each image file.
+def predict_images(
+    trained: TrainedModel, paths: Sequence[Path], top_k: int = 5, logit_adjust_tau: float = 0.0, batch_size: int = 0
+) -> Iterator[tuple[Path, list[tuple[str, float]] | None, str | None]]:
+    """Top-k (class name, probability) of each image file, batch by batch (bounded memory).
 
     Args:
         logit_adjust_tau: post-hoc logit adjustment (Menon et al.): subtract ``tau * log prior`` from the logits
             before the softmax; 0 leaves them as trained.
+        batch_size: images per forward pass (0: the config's ``data.eval_batch_size``).
+
+    Yields:
+        (path, top-k list, None) for a readable image; (path, None, reason) for one that cannot be read.
     """
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}.")
     transform = build_test_transform(trained.cfg.views)
-    images = torch.stack([transform(load_image(p)) for p in paths]).to(trained.device)
-    logits = trained.model(images, with_projection=False).logits.float()
-    if logit_adjust_tau:
-        logits = logits - logit_adjust_tau * log_prior(trained.class_counts, device=logits.device)
-    probabilities = logits.softmax(dim=1)
-    k = min(top_k, probabilities.shape[1])
-    values, indices = probabilities.topk(k, dim=1)
-    return [[(trained.class_names[j], float(p)) for p, j in zip(vs.tolist(), js.tolist())]
-            for vs, js in zip(values, indices)]
+    size = batch_size or trained.cfg.data.eval_batch_size
+    adjustment = logit_adjust_tau * log_prior(trained.class_counts, device=trained.device)
+    for begin in range(0, len(paths), size):
+        chunk, images, failed = paths[begin : begin + size], [], {}
+        for path in chunk:
+            try:
+                images.append(transform(load_image(path)))
+            except (OSError, ValueError) as err:
+                failed[path] = str(err)
+        top = iter(_top_k(trained, images, adjustment, top_k) if images else [])
+        for path in chunk:
+            yield (path, None, failed[path]) if path in failed else (path, next(top), None)
+
+
+def _top_k(trained: TrainedModel, images: list[torch.Tensor], adjustment: torch.Tensor, k: int):
+    batch = torch.stack(images).to(trained.device)
+    if trained.cfg.train.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    with autocast_context(trained.device, trained.amp):
+        logits = trained.model(batch, with_projection=False).logits.float()
+    probabilities = (logits - adjustment).softmax(dim=1)
+    values, indices = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+    return [
+        [(trained.class_names[j], float(p)) for p, j in zip(vs.tolist(), js.tolist())]
+        for vs, js in zip(values, indices)
+    ]

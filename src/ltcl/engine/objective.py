@@ -1,7 +1,8 @@
-"""The training objective of Eq. 10: ``alpha * contrastive + classification over all views``.
+"""The training objective of Eq. 10: ``cls_weight * classification over all views + alpha * contrastive``.
 
 ``loss.objective`` names a classification loss (``ce``, ``bs`` Balanced Softmax, ``la`` logit-adjusted
-cross-entropy), optionally followed by ``+scl`` or ``+acl``: ``bs``, ``bs+scl``, ``bs+acl``, ``ce``, ...
+cross-entropy, ``ldam``), optionally followed by ``+scl``, ``+acl`` or ``+bcl``; or ``gpaco``, whose loss both
+classifies and contrasts. The legal names are ``ltcl.config.schema.OBJECTIVES``.
 """
 
 from __future__ import annotations
@@ -12,22 +13,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltcl.config import LossConfig
+from ltcl.config.schema import OBJECTIVES
 from ltcl.losses import AlignedContrastiveLoss, BalancedSoftmaxLoss, LogitAdjustedLoss, SupConLoss
-
-CLASSIFICATION = ("ce", "bs", "la")
-CONTRASTIVE = ("scl", "acl")
 
 
 def parse_objective(objective: str) -> tuple[str, str | None]:
     """``"bs+acl"`` -> ``("bs", "acl")``; ``"bs"`` -> ``("bs", None)``."""
-    parts = objective.strip().lower().split("+")
-    valid = len(parts) in (1, 2) and parts[0] in CLASSIFICATION and (len(parts) == 1 or parts[1] in CONTRASTIVE)
-    if not valid:
-        raise ValueError(
-            f"loss.objective '{objective}' is not one of ce, bs, la, optionally followed by +scl or +acl "
-            "(for example bs+acl)."
-        )
-    return parts[0], parts[1] if len(parts) == 2 else None
+    if objective not in OBJECTIVES:
+        raise ValueError(f"loss.objective '{objective}' is not one of {', '.join(OBJECTIVES)}.")
+    classification, _, contrastive = objective.partition("+")
+    return classification, contrastive or None
 
 
 class Objective(nn.Module):
@@ -44,11 +39,13 @@ class Objective(nn.Module):
         -> (total loss, {"cls": ..., "con": ...} detached parts).
     """
 
-    def __init__(self, loss_cfg: LossConfig, class_counts: Sequence[int], projection_dim: int,
-                 gather_distributed: bool = False) -> None:
+    def __init__(
+        self, loss_cfg: LossConfig, class_counts: Sequence[int], projection_dim: int, gather_distributed: bool = False
+    ) -> None:
         super().__init__()
         self.classification_kind, self.contrastive_kind = parse_objective(loss_cfg.objective)
         self.alpha = float(loss_cfg.alpha)
+        self.cls_weight = float(loss_cfg.cls_weight)
         if self.classification_kind == "bs":
             self.classification = BalancedSoftmaxLoss(class_counts)
         elif self.classification_kind == "la":
@@ -77,20 +74,19 @@ class Objective(nn.Module):
     def needs_projections(self) -> bool:
         return self.contrastive is not None
 
-    def forward(self, logits: Tensor, labels: Tensor, projections: Tensor | None,
-                contrastive_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, logits: Tensor, labels: Tensor, projections: Tensor | None, contrastive_mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         if self.classification is None:
             cls = F.cross_entropy(logits.float(), labels)
         else:
             cls = self.classification(logits, labels)
         parts = {"cls": cls.detach()}
+        total = cls if self.cls_weight == 1.0 else self.cls_weight * cls
         if self.contrastive is None:
-            return cls, parts
-        con = self.contrastive(projections[contrastive_mask], labels[contrastive_mask])
+            return total, parts
+        # One index computation for both selections: each boolean-mask selection waits for the host on a GPU.
+        rows = contrastive_mask.nonzero().squeeze(1)
+        con = self.contrastive(projections.index_select(0, rows), labels.index_select(0, rows))
         parts["con"] = con.detach()
-        return cls + self.alpha * con, parts
-
-
-def needs_projection_head(objective: str) -> bool:
-    return parse_objective(objective)[1] is not None
-
+        return total + self.alpha * con, parts

@@ -1,42 +1,129 @@
-"""report.md and results.json of a finished run."""
+"""The end of a run: the final evaluation, the printed table, results.json and report.md.
+
+The test split is evaluated here only, never during training when a validation split exists: once for the last
+epoch's model and once for the model that was best on the validation split (the selection never sees the test).
+Plots are drawn by the command line after the run (the engine does not import the analyses).
+"""
 
 from __future__ import annotations
 
-import json
+import subprocess
 import sys
 from pathlib import Path
 
-from ltcl.config import Config
+from ltcl import __version__
 from ltcl.data.build import DataBundle
-from ltcl.engine.evaluate import EvalResult, format_cell, format_table
-from ltcl.engine.records import code_revision
+from ltcl.dist import barrier
+from ltcl.engine.checkpoint import load_checkpoint
+from ltcl.engine.evaluate import EvalResult, evaluate, format_cell, format_table
+from ltcl.engine.rundir import RunDir
+from ltcl.engine.state import TrainState
 
 
-def write_report(run_dir: Path, cfg: Config, data: DataBundle, rows: dict[str, EvalResult],
-                 test: EvalResult, timing: dict | None = None) -> None:
-    """Writes the final table, the facts that define the run, per-class accuracy, and links to the plots."""
-    results = {
-        "name": cfg.name,
-        "test": test.as_dict(),
-        "rows": {name: r.as_dict() for name, r in rows.items()},
-        "per_class_test": test.per_class,
-        "class_counts": data.train_counts,
-        "seed": cfg.train.seed,
-        "code_revision": code_revision(),
-        "timing": timing or {},
-    }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
-    draw_plots(run_dir)
+def code_revision() -> str:
+    """The git commit of the ltcl source (with ``-dirty`` for uncommitted changes), or ``unknown``."""
+    source = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return f"unknown (ltcl {__version__})"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"unknown (ltcl {__version__})"
 
+
+def final_report(
+    state: TrainState,
+    data: DataBundle,
+    run_dir: RunDir,
+    val_loader,
+    test_loader,
+    last_eval: tuple[str, EvalResult] | None,
+    timing: dict,
+) -> tuple[EvalResult | None, EvalResult | None, int | None]:
+    """Evaluates the final models, prints the table and writes results.json and report.md (rank 0).
+
+    Returns:
+        (last-epoch test result or None without a test split, best-on-validation result on val or None, its epoch).
+    """
+    cfg = state.cfg
+    epochs = cfg.optim.epochs
+
+    def run_eval(loader) -> EvalResult:
+        return evaluate(
+            state.model,
+            loader,
+            data.train_counts,
+            state.ctx.device,
+            amp=state.amp,
+            channels_last=cfg.train.channels_last,
+            many=cfg.data.many_threshold,
+            few=cfg.data.few_threshold,
+        )
+
+    rows: dict[str, EvalResult] = {}
+    if val_loader is not None:
+        rows[f"val (last epoch, {epochs})"] = (
+            last_eval[1] if last_eval and last_eval[0] == "val" else run_eval(val_loader)
+        )
+    test = None
+    if test_loader is not None:
+        test = last_eval[1] if last_eval and last_eval[0] == "test" else run_eval(test_loader)
+    if test is not None:
+        rows[f"test (last epoch, {epochs})"] = test
+    best_val = best_test = None
+    best_epoch = state.best["epoch"] if state.best else None
+    if best_epoch is not None and val_loader is not None:
+        barrier()  # rank 0 wrote the file; every rank reads it (multi-node runs need a shared train.output_dir)
+        state.model.load_state_dict(load_checkpoint(run_dir.best_checkpoint)["model"])
+        best_val = run_eval(val_loader)
+        rows[f"val (best on val, epoch {best_epoch})"] = best_val
+        if test_loader is not None:
+            best_test = run_eval(test_loader)
+            rows[f"test (best on val, epoch {best_epoch})"] = best_test
+    if state.ctx.is_main:
+        print(
+            f"\nFinal accuracy (%), shot groups by training count: many > {cfg.data.many_threshold}, "
+            f"few < {cfg.data.few_threshold}\n{format_table(rows)}"
+        )
+        results = {
+            "name": cfg.name,
+            "test": None if test is None else test.as_dict(),
+            "test_best_val": None if best_test is None else best_test.as_dict(),
+            "val_best": None if best_val is None else best_val.as_dict(),
+            "best_epoch": best_epoch,
+            "rows": {name: r.as_dict() for name, r in rows.items()},
+            "per_class_test": None if test is None else test.per_class,
+            "class_counts": data.train_counts,
+            "seed": cfg.train.seed,
+            "code_revision": code_revision(),
+            "command": " ".join(sys.argv),
+            "timing": timing,
+        }
+        run_dir.write_results(results)
+        run_dir.write_report(report_text(cfg, data, rows, test, results["code_revision"]))
+    return test, best_val, best_epoch
+
+
+def report_text(cfg, data: DataBundle, rows: dict[str, EvalResult], test: EvalResult | None, revision: str) -> str:
+    """report.md: the facts that define the run, the final table and the per-class test accuracy."""
+    counts = data.train_counts
     lines = [
         f"# {cfg.name}",
         "",
-        f"- dataset: {cfg.data.dataset}, {data.num_classes} classes, {sum(data.train_counts):,} training images "
-        f"(imbalance {max(data.train_counts) / min(data.train_counts):.0f})",
+        f"- dataset: {cfg.data.dataset}, {data.num_classes} classes, {sum(counts):,} training images "
+        f"(imbalance {max(counts) / min(counts):.0f})",
         f"- objective: {cfg.loss.objective} (alpha {cfg.loss.alpha}, tau {cfg.loss.temperature}), "
         f"{cfg.views.num_views} views ({cfg.views.contrastive_mode}), backbone {cfg.model.backbone}",
         f"- schedule: {cfg.optim.epochs} epochs, batch {cfg.data.batch_size}, lr {cfg.optim.lr} ({cfg.optim.schedule})",
-        f"- seed {cfg.train.seed}, code {results['code_revision']}; full config in `config.yaml`",
+        f"- seed {cfg.train.seed}, code {revision}; full config in `config.yaml`",
         "",
         "## Accuracy (%)",
         "",
@@ -45,24 +132,14 @@ def write_report(run_dir: Path, cfg: Config, data: DataBundle, rows: dict[str, E
         f"Shot groups by training count: many > {cfg.data.many_threshold}, medium, few < {cfg.data.few_threshold}.",
         "",
     ]
-    plots = sorted(p.name for p in run_dir.glob("*.png"))
-    if plots:
-        lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
-    if data.num_classes <= 100:
-        lines += ["## Per-class test accuracy", "", "| class | name | train images | accuracy |",
-                  "| ---: | --- | ---: | ---: |"]
-        for j, (name, count) in enumerate(zip(data.class_names, data.train_counts)):
+    if test is not None and data.num_classes <= 100:
+        lines += [
+            "## Per-class test accuracy",
+            "",
+            "| class | name | train images | accuracy |",
+            "| ---: | --- | ---: | ---: |",
+        ]
+        for j, (name, count) in enumerate(zip(data.class_names, counts)):
             lines.append(f"| {j} | {name} | {count} | {format_cell(test.per_class[j])} |")
         lines.append("")
-    (run_dir / "report.md").write_text("\n".join(lines))
-
-
-def draw_plots(run_dir: Path) -> None:
-    """The run's PNG plots, before report.md links them; a plotting failure is a warning, never an error."""
-    try:
-        from ltcl.analysis.plots import make_run_plots
-
-        make_run_plots(run_dir)
-    except Exception as err:  # e.g. a broken matplotlib install must not fail a finished run
-        print(f"warning: the plots of {run_dir} were not drawn ({type(err).__name__}: {err})",
-              file=sys.stderr)
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ltcl.dist import gather_rows, global_mean
 from ltcl.losses import functional as LF
+from ltcl.losses.aligned_function import aligned_contrastive_terms
 
 NEGATIVE_WEIGHTINGS = ("inverse_frequency", "none")
 
@@ -101,14 +102,15 @@ class AlignedContrastiveLoss(nn.Module):
             anchors = slice(0, features.shape[0])
         weights = self.negative_weights if self.negative_weighting != "none" else None
         centers = None
+        if labels.shape != features.shape[:1]:
+            raise ValueError(f"labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}.")
         if self.use_centers:
-            LF.check_labels(labels, features.shape[0], self.num_classes)
             class_mean, present = self._class_means(features.detach(), labels)
             centers, known = self._centers_for_batch(class_mean, present)
             # Unset centres of classes absent from the batch must not act as negatives: weight 0 removes them.
             weights = (self.negative_weights if weights is None else weights) * known.to(self.negative_weights.dtype)
-        per_anchor, has_positive = LF.aligned_contrastive_per_anchor(
-            features, labels, temperature=self.temperature, centers=centers, negative_weights=weights, anchors=anchors
+        per_anchor, has_positive = aligned_contrastive_terms(
+            features, labels, self.temperature, centers, weights, anchors
         )
         loss = global_mean(per_anchor, has_positive)
         if self.use_centers and self.training:
@@ -119,7 +121,9 @@ class AlignedContrastiveLoss(nn.Module):
         """(C, D) float32 mean of each class's features in the batch (0 if absent) and (C,) bool presence."""
         sums = torch.zeros(self.num_classes, features.shape[1], device=features.device, dtype=torch.float32)
         sums.index_add_(0, labels, features.float())
-        counts = torch.bincount(labels, minlength=self.num_classes).to(sums.dtype)
+        # index_add_ rather than bincount, which waits for the host on CUDA to size its output
+        counts = torch.zeros(self.num_classes, device=features.device, dtype=sums.dtype)
+        counts.index_add_(0, labels, torch.ones_like(labels, dtype=sums.dtype))
         return sums / counts.clamp(min=1)[:, None], counts > 0
 
     @torch.no_grad()

@@ -23,6 +23,12 @@ def _softplus(x: Tensor) -> Tensor:
     return x.abs().neg_().exp_().add_(1.0).log_().add_(x.clamp(min=0))
 
 
+def _softplus_threshold(dtype: torch.dtype) -> float:
+    """Where softplus(x) may be replaced by x: e^-x must vanish against x at the dtype's precision (e^-20 does in
+    float32, as F.softplus assumes; float64 needs about e^-40)."""
+    return 40.0 if dtype == torch.float64 else 20.0
+
+
 class AlignedContrastiveFunction(torch.autograd.Function):
     """Eq. 9 per anchor, with the closed-form gradient of Eq. 11-12 written out in ``backward``.
 
@@ -80,15 +86,23 @@ class AlignedContrastiveFunction(torch.autograd.Function):
             count = positive.sum(1)
             pull_c = None
             if c is not None:
-                loss = loss + F.softplus(log_neg - own)
+                loss = loss + F.softplus(log_neg - own, threshold=_softplus_threshold(dtype))
                 pull_c = torch.sigmoid(log_neg - own)
                 count = count + 1
             loss = loss / count.clamp(min=1)
 
         ctx.temperature, ctx.start, ctx.stop = temperature, start, stop
         ctx.centers_need_grad = centers is not None and ctx.needs_input_grad[1]
-        ctx.save_for_backward(z, c, anchor_y, prob.div_(total[:, None]), pull, count,
-                              None if c is None else prob_c.div_(total[:, None]), pull_c)
+        ctx.save_for_backward(
+            z,
+            c,
+            anchor_y,
+            prob.div_(total[:, None]),
+            pull,
+            count,
+            None if c is None else prob_c.div_(total[:, None]),
+            pull_c,
+        )
         ctx.input_dtypes = (features.dtype, None if centers is None else centers.dtype)
         ctx.mark_non_differentiable(count)
         return loss, count
@@ -116,3 +130,28 @@ class AlignedContrastiveFunction(torch.autograd.Function):
             grad_features[start:stop] += grad_anchor
         return grad_features.to(ctx.input_dtypes[0]), grad_centers, None, None, None, None, None
 
+
+def aligned_contrastive_terms(
+    features: Tensor,
+    labels: Tensor,
+    temperature: float,
+    centers: Tensor | None,
+    negative_weights: Tensor | None,
+    anchors: slice,
+) -> tuple[Tensor, Tensor]:
+    """Per-anchor ACL terms without any input check (the caller has validated shapes and values).
+
+    Args:
+        features: (N, D) L2-normalised projections; labels: (N,) int64; centers: (C, D) or None;
+        negative_weights: (C,) non-negative or None; anchors: contiguous rows of ``features`` acting as anchors.
+
+    Returns:
+        (A,) loss of each anchor (0 without a positive term) and (A,) bool: whether it has a positive term.
+    """
+    if features.shape[0] == 0:
+        return features.sum(1) * 0.0, torch.zeros(0, dtype=torch.bool, device=features.device)
+    log_weights = None if negative_weights is None else negative_weights.log()  # log 0 = -inf removes a class
+    loss, count = AlignedContrastiveFunction.apply(
+        features, centers, labels, log_weights, temperature, anchors.start, anchors.stop
+    )
+    return loss, count > 0

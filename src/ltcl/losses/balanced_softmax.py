@@ -1,13 +1,23 @@
-"""Classification losses that correct for the training prior: Balanced Softmax and logit adjustment."""
+"""Classification losses that correct for the training prior: Balanced Softmax and logit adjustment.
+
+The counts are validated once, in the constructor; the forward pass only adds a stored float64 offset (exact
+``log N_j``, cast to the logits' compute dtype) and never waits for the host.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ltcl.losses import functional as LF
+
+
+def _check_logits_shape(logits: Tensor, labels: Tensor, num_classes: int) -> None:
+    if logits.dim() != 2 or logits.shape[1] != num_classes or labels.shape != logits.shape[:1]:
+        raise ValueError(
+            f"expected logits (N, {num_classes}) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}."
+        )
 
 
 class BalancedSoftmaxLoss(nn.Module):
@@ -23,10 +33,11 @@ class BalancedSoftmaxLoss(nn.Module):
     def __init__(self, class_counts: Sequence[int] | Tensor) -> None:
         super().__init__()
         counts = LF.check_class_counts(class_counts)
-        self.register_buffer("log_counts", counts.log().to(torch.float32))
+        self.register_buffer("log_counts", counts.log())  # float64: 4999 stays 4999 (float32 gave 4999.002)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return LF.balanced_softmax_loss(logits, labels, self.log_counts.exp())
+        _check_logits_shape(logits, labels, self.log_counts.numel())
+        return LF.prior_adjusted_cross_entropy(logits, labels, self.log_counts)
 
 
 class LogitAdjustedLoss(nn.Module):
@@ -42,8 +53,9 @@ class LogitAdjustedLoss(nn.Module):
     def __init__(self, class_counts: Sequence[int] | Tensor, tau: float = 1.0) -> None:
         super().__init__()
         counts = LF.check_class_counts(class_counts)
-        self.register_buffer("counts", counts.to(torch.float32))
         self.tau = float(tau)
+        self.register_buffer("adjustment", self.tau * (counts / counts.sum()).log())  # float64
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return LF.logit_adjusted_loss(logits, labels, self.counts, tau=self.tau)
+        _check_logits_shape(logits, labels, self.adjustment.numel())
+        return LF.prior_adjusted_cross_entropy(logits, labels, self.adjustment)

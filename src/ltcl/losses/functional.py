@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ltcl.losses.aligned_function import AlignedContrastiveFunction
+from ltcl.losses.aligned_function import aligned_contrastive_terms
 from ltcl.losses.validation import (
     anchor_rows,
     check_class_counts,
@@ -75,15 +75,12 @@ def aligned_contrastive_per_anchor(
             )
         num_classes = negative_weights.shape[0]
     check_labels(labels, features.shape[0], num_classes)
-    if features.shape[0] == 0:
-        return features.sum(1) * 0.0, torch.zeros(0, dtype=torch.bool, device=features.device)
     start, stop = anchor_rows(anchors, features.shape[0])
-
-    log_weights = None if negative_weights is None else negative_weights.log()  # log 0 = -inf removes a class
-    loss, count = AlignedContrastiveFunction.apply(features, centers, labels, log_weights, temperature, start, stop)
+    loss, has_positive = aligned_contrastive_terms(
+        features, labels, temperature, centers, negative_weights, slice(start, stop)
+    )
     check_finite_result(loss, features, centers, negative_weights)
-    return loss, count > 0
-
+    return loss, has_positive
 
 
 def aligned_contrastive_loss(
@@ -148,9 +145,20 @@ def supervised_contrastive_per_anchor(
     check_features(features)
     check_temperature(temperature)
     check_labels(labels, features.shape[0], None)
+    return supervised_contrastive_terms(features, labels, temperature, anchor_rows(anchors, features.shape[0]))
+
+
+def supervised_contrastive_terms(
+    features: Tensor, labels: Tensor, temperature: float, anchors: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """Per-anchor SCL terms without input checks (SupConLoss checks shapes; values are the caller's business).
+
+    Args:
+        features: (N, D); labels: (N,) int64; anchors: (start, stop) rows acting as anchors.
+    """
+    start, stop = anchors
     if features.shape[0] == 0:
         return features.sum(1) * 0.0, torch.zeros(0, dtype=torch.bool, device=features.device)
-    start, stop = anchor_rows(anchors, features.shape[0])
     if features.shape[0] < 2:  # a lone row has neither positives nor a denominator
         zero = zero_with_graph(features).expand(stop - start)
         return zero, torch.zeros(stop - start, dtype=torch.bool, device=features.device)
@@ -218,7 +226,6 @@ def gradient_conflict_counts(
 # Classification losses for long-tailed data
 
 
-
 def log_prior(class_counts, device=None) -> Tensor:
     """(C,) float32 ``log(N_j / sum_k N_k)``: the log class prior used by logit adjustment."""
     counts = check_class_counts(class_counts)
@@ -236,10 +243,19 @@ def logit_adjusted_loss(logits: Tensor, labels: Tensor, class_counts, *, tau: fl
     """
     counts = check_class_counts(class_counts)
     check_logits(logits, labels, counts.numel())
+    return prior_adjusted_cross_entropy(logits, labels, tau * (counts / counts.sum()).log())
+
+
+def prior_adjusted_cross_entropy(logits: Tensor, labels: Tensor, adjustment: Tensor) -> Tensor:
+    """``CE(logits + adjustment, y)`` in at least float32, without input checks (the loss modules' training path).
+
+    Args:
+        logits: (N, C); labels: (N,) int64; adjustment: (C,) per-class offsets (``log N_j`` for Balanced Softmax,
+            ``tau * log prior_j`` for logit adjustment), any float dtype.
+    """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         dtype = compute_dtype(logits)
-        adjustment = (counts / counts.sum()).log().to(device=logits.device, dtype=dtype)
-        return F.cross_entropy(logits.to(dtype) + tau * adjustment, labels)
+        return F.cross_entropy(logits.to(dtype) + adjustment.to(device=logits.device, dtype=dtype), labels)
 
 
 def balanced_softmax_loss(logits: Tensor, labels: Tensor, class_counts) -> Tensor:
@@ -253,6 +269,4 @@ def balanced_softmax_loss(logits: Tensor, labels: Tensor, class_counts) -> Tenso
     """
     counts = check_class_counts(class_counts)
     check_logits(logits, labels, counts.numel())
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        dtype = compute_dtype(logits)
-        return F.cross_entropy(logits.to(dtype) + counts.log().to(device=logits.device, dtype=dtype), labels)
+    return prior_adjusted_cross_entropy(logits, labels, counts.log())

@@ -34,10 +34,14 @@ class SupConLoss(nn.Module):
         return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        anchors = None
+        if features.dim() != 2 or labels.shape != features.shape[:1]:
+            raise ValueError(
+                f"expected features (N, D) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}."
+            )
+        anchors = slice(0, features.shape[0])
         if self.gather_distributed:
             features, labels, anchors = gather_rows(features, labels)
-        per_anchor, has_positive = LF.supervised_contrastive_per_anchor(
-            features, labels, temperature=self.temperature, anchors=anchors
+        per_anchor, has_positive = LF.supervised_contrastive_terms(
+            features, labels, self.temperature, (anchors.start, anchors.stop)
         )
         return global_mean(per_anchor, has_positive)

@@ -44,8 +44,9 @@ def check_features(features: Tensor, name: str = "features", finite: bool = True
         raise ValueError(f"{name} contain NaN or inf values.")
 
 
-def check_finite_result(loss: Tensor, features: Tensor, centers: Tensor | None,
-                         negative_weights: Tensor | None) -> None:
+def check_finite_result(
+    loss: Tensor, features: Tensor, centers: Tensor | None, negative_weights: Tensor | None
+) -> None:
     """Finiteness is checked on the (small) result: a NaN or inf in the inputs, or a negative weight (whose log is
     NaN), reaches every anchor's term, so only a non-finite result needs the inputs inspected to name the culprit."""
     if bool(torch.isfinite(loss).all()):
@@ -95,7 +96,6 @@ def zero_with_graph(features: Tensor) -> Tensor:
     return features.sum() * 0.0
 
 
-
 def check_logits(logits: Tensor, labels: Tensor, num_classes: int) -> None:
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -103,4 +103,3 @@ def check_logits(logits: Tensor, labels: Tensor, num_classes: int) -> None:
     if logits.shape[1] != num_classes:
         raise ValueError(f"logits have {logits.shape[1]} classes but class_counts has {num_classes}.")
     check_labels(labels, logits.shape[0], num_classes)
-

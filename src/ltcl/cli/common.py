@@ -1,0 +1,66 @@
+"""What every command shares: the --set and --device options, and how failures become exit statuses.
+
+Exit statuses: 0 done; 2 a mistake the user can fix (bad key, missing file, corrupt image, refused resume),
+printed as one sentence; 3 a broken model (a non-finite loss during training, NaN weights in a checkpoint);
+130 / 143 interrupted by SIGINT / SIGTERM after saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ltcl.config import ConfigError
+from ltcl.engine.evaluate import NonFiniteOutput
+from ltcl.engine.inference import BrokenModel
+from ltcl.engine.interrupts import Interrupted
+from ltcl.engine.monitor import NonFiniteLoss
+
+USER_MISTAKE, BROKEN_MODEL = 2, 3
+
+
+class UserError(Exception):
+    """Raised for mistakes the user can fix; printed without a traceback."""
+
+
+def add_set_option(parser: argparse.ArgumentParser, what: str = "the config") -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a value of {what}, e.g. --set optim.lr=0.1 --set views.sizes=32,32,24,24 "
+        "(repeatable; types are checked)",
+    )
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where to run (default auto: CUDA when available)",
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Runs ``args.run(args)`` and maps every expected failure to its exit status with one sentence on stderr."""
+    name = f"ltcl {args.command}"
+    try:
+        return args.run(args)
+    except (NonFiniteLoss, BrokenModel, NonFiniteOutput) as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return BROKEN_MODEL
+    except Interrupted as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return err.exit_status
+    except (UserError, ConfigError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
+            message = f"{message}: {err.filename}"
+        print(f"{name}: error: {message}", file=sys.stderr)
+        return USER_MISTAKE
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130

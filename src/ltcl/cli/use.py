@@ -1,0 +1,101 @@
+"""``ltcl eval`` and ``ltcl predict``: a trained checkpoint on a split or on image files, from any directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ltcl.cli.common import USER_MISTAKE, add_device_option, add_set_option
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ltcl.engine.evaluate import format_table
+    from ltcl.engine.inference import evaluate_split, load_trained_model
+
+    trained = load_trained_model(args.checkpoint, args.overrides, device=args.device)
+    result = evaluate_split(trained, args.split)
+    if args.json:
+        print(json.dumps({"split": args.split, "epoch": trained.epoch, "images": result.images, **result.as_dict()}))
+    else:
+        print(f"{args.checkpoint} (epoch {trained.epoch}), {result.images:,} {args.split} images, accuracy in %")
+        print(format_table({args.split: result}))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ltcl.engine.inference import collect_images, load_trained_model, predict_images
+
+    trained = load_trained_model(args.checkpoint, args.overrides, device=args.device)
+    failures = 0
+    for path, top, problem in predict_images(
+        trained,
+        collect_images(args.images),
+        top_k=args.top_k,
+        logit_adjust_tau=args.logit_adjust,
+        batch_size=args.batch_size,
+    ):
+        failures += problem is not None
+        if args.json:
+            entry = {"path": str(path)}
+            entry |= {"error": problem} if problem else {"top": [{"class": n, "probability": p} for n, p in top]}
+            print(json.dumps(entry), flush=True)
+        elif problem:
+            print(f"{path}\n  error: {problem}")
+        else:
+            print(path)
+            for rank, (name, probability) in enumerate(top, 1):
+                print(f"  {rank}. {name:<24} {100 * probability:6.2f}%")
+    if failures:
+        print(f"ltcl predict: error: {failures} image(s) could not be read (listed above).", file=sys.stderr)
+        return USER_MISTAKE
+    return 0
+
+
+def register(commands) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint on the val or test split",
+        description="Evaluate a checkpoint with its own config. Only the evaluated split is "
+        "read; data that moved is found with --set data.root=... (or the split list keys).",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint_best.pt or checkpoint_last.pt")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="which split (default: test)")
+    add_set_option(p, "the checkpoint's config (data paths, loader settings, shot-group thresholds)")
+    add_device_option(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(run=cmd_eval)
+
+    p = commands.add_parser(
+        "predict",
+        help="top-k classes of image files, folders or glob patterns",
+        description="Classify images with a checkpoint: the shorter side is resized and the "
+        "centre cropped as in evaluation. An unreadable file is reported and skipped; the "
+        "exit status is then 2.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, folders (searched recursively) or quoted glob patterns such as 'photos/*.jpg'",
+    )
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to show (default 5)")
+    p.add_argument(
+        "--logit-adjust",
+        type=float,
+        default=0.0,
+        metavar="TAU",
+        help="post-hoc logit adjustment: subtract TAU * log(class prior) (useful for CE-trained models)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="images per forward pass (default: the config's data.eval_batch_size)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per image (path, top or error)")
+    add_set_option(p, "the checkpoint's config")
+    add_device_option(p)
+    p.set_defaults(run=cmd_predict)

@@ -1,0 +1,66 @@
+"""What a run prints: a compact header of everything that defines it, one line per epoch, the final table.
+
+The full resolved config goes to ``config.yaml``; the header names the few values a reader checks first.
+"""
+
+from __future__ import annotations
+
+from ltcl.config import Config
+from ltcl.data.build import DataBundle
+from ltcl.data.longtail import SHOT_GROUPS, shot_groups
+from ltcl.engine.evaluate import ACCURACY_COLUMNS, format_cell
+from ltcl.engine.recipe import ParameterCounts
+
+
+def _size(dataset) -> str:
+    return "no" if dataset is None else f"{len(dataset):,}"
+
+
+def header(
+    cfg: Config,
+    data: DataBundle,
+    params: ParameterCounts,
+    *,
+    run_dir: str,
+    processes: str,
+    amp: tuple[str, str],
+    steps_per_epoch: int,
+) -> str:
+    """A few lines: run directory, data, model, objective and the key hyperparameters."""
+    counts = data.train_counts
+    groups = shot_groups(counts, many=cfg.data.many_threshold, few=cfg.data.few_threshold)
+    group_sizes = " / ".join(f"{name} {int((groups == g).sum())}" for g, name in enumerate(SHOT_GROUPS))
+    m, loss, o, v = cfg.model, cfg.loss, cfg.optim, cfg.views
+    contrasts = "+" in loss.objective or loss.objective == "gpaco"
+    head = f"projection {m.projection_hidden}-{m.projection_dim}" if contrasts else "no projection head"
+    contrastive = f", alpha {loss.alpha}, tau {loss.temperature}" if contrasts else ""
+    views = f"{v.num_views} view(s) {list(v.sizes)[: v.num_views]} px, contrastive views {v.contrastive_mode}"
+    schedule = f"{o.schedule}, {o.warmup_epochs} warm-up epoch(s)"
+    lines = [
+        f"ltcl train: {cfg.name} -> {run_dir} (full config in config.yaml)",
+        f"  data   {cfg.data.dataset}: {sum(counts):,} train / {_size(data.val)} val / {_size(data.test)} test "
+        f"images, {data.num_classes} classes ({max(counts)} ... {min(counts)} per class; {group_sizes})",
+        f"  model  {m.backbone}, {m.classifier} classifier, {head}; "
+        f"{params.trainable:,} of {params.total:,} parameters train",
+        f"  loss   {loss.objective}{contrastive}; {views}",
+        f"  optim  SGD lr {o.lr} ({schedule}), {o.epochs} epochs x {steps_per_epoch} steps, batch "
+        f"{cfg.data.batch_size}, weight decay {o.weight_decay}",
+        f"  run    seed {cfg.train.seed}, amp {amp[0]} ({amp[1]}), {processes}",
+    ]
+    return "\n".join(lines)
+
+
+def epoch_summary(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}", f"cls {row['loss_cls']:.4f}"]
+    if row.get("loss_con") is not None:
+        parts.append(f"con {row['loss_con']:.4f}")
+    parts += [
+        f"train acc {row['train_acc']:.1f}%",
+        f"lr {row['lr']:.4g}",
+        f"{row['images_per_s']:.0f} img/s",
+        f"{row['epoch_seconds']:.1f} s",
+    ]
+    if row.get("eval_split"):
+        groups = " / ".join(format_cell(row[k]) for k in ACCURACY_COLUMNS)
+        parts.append(f"{row['eval_split']} many/medium/few/all {groups} %")
+    return " | ".join(parts)

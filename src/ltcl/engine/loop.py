@@ -1,0 +1,125 @@
+"""One epoch of training, step by step: forward every view group, the objective, backward, SGD.
+
+Nothing in a step reads a value back from the device: the loss statistics and the non-finite flag accumulate in
+device tensors that :class:`~ltcl.engine.monitor.StepMonitor` reads every ``train.sync_every`` steps. The one
+remaining wait is the selection of the contrastive views (their number varies from batch to batch).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ltcl.data.views import MultiViewBatch
+from ltcl.engine.evaluate import autocast_context
+from ltcl.engine.schedule import learning_rate
+from ltcl.engine.state import TrainState
+from ltcl.losses.functional import gradient_conflict_counts
+
+
+class MultiViewForward(nn.Module):
+    """Runs the network once per view-size group, so that DDP sees a single forward per step."""
+
+    def __init__(self, network: nn.Module, run: nn.Module | None = None) -> None:
+        super().__init__()
+        self.network = network
+        self.run = run if run is not None else network  # compiled when train.compile is on (same parameters)
+
+    def forward(self, groups: list[Tensor], with_projection: bool):
+        return [self.run(images, with_projection=with_projection) for images in groups]
+
+
+def multiview_objective(forward: nn.Module, objective: nn.Module, batch: MultiViewBatch, need_projections: bool):
+    """Forward of every view group and the training objective on the views stacked view-major.
+
+    Returns:
+        loss (scalar), its parts (dict), logits (V*B, C), labels (V*B,), projections (V*B, D) or None, and the
+        (V*B,) contrastive mask.
+    """
+    outputs = forward(batch.groups, need_projections)
+    logits = batch.reassemble([o.logits for o in outputs]).flatten(0, 1)
+    projections = None
+    if need_projections:
+        projections = batch.reassemble([o.projections for o in outputs]).flatten(0, 1)
+    labels = batch.labels.repeat(batch.num_views)
+    mask = batch.contrastive_mask.flatten()
+    loss, parts = objective(logits, labels, projections, mask)
+    return loss, parts, logits, labels, projections, mask
+
+
+def training_step(state: TrainState, batch: MultiViewBatch) -> None:
+    """One optimisation step on ``batch``; adds its statistics to ``state.progress`` and ``state.nonfinite``."""
+    cfg, device = state.cfg, state.ctx.device
+    batch = batch.to(device, non_blocking=True)
+    if cfg.train.channels_last:
+        batch.groups = [g.contiguous(memory_format=torch.channels_last) for g in batch.groups]
+    lr = learning_rate(cfg.optim, state.global_step, state.steps_per_epoch)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    need_projections = state.objective.needs_projections
+    with autocast_context(device, state.amp):
+        loss, parts, logits, labels, projections, mask = multiview_objective(
+            state.forward, state.objective, batch, need_projections
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.scaler is not None:
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        loss.backward()
+        state.optimizer.step()
+
+    with torch.no_grad():
+        b = batch.batch_size
+        correct = (logits[:b].argmax(1) == batch.labels).sum()
+        con = parts.get("con")
+        step_sums = torch.stack(
+            [
+                loss.detach().double() * b,
+                parts["cls"].double() * b,
+                (con.double() if con is not None else torch.zeros_like(correct, dtype=torch.float64)) * b,
+                correct.double(),
+            ]
+        )
+        sums = state.progress.sums
+        sums[:4] += step_sums
+        sums[4] += b
+        state.nonfinite.record(parts["cls"], con)
+        if cfg.train.monitor_conflicts and need_projections:  # opt-in analysis: its selection waits for the host
+            rows = mask.nonzero().squeeze(1)
+            c, p = gradient_conflict_counts(
+                projections.index_select(0, rows).detach().float(),
+                labels.index_select(0, rows),
+                temperature=cfg.loss.temperature,
+                num_classes=state.progress.conflicts.shape[1],
+            )
+            state.progress.conflicts += torch.stack([c, p])
+
+
+def train_one_epoch(state: TrainState, loader, monitor) -> bool:
+    """Trains batches ``state.batch ..`` of epoch ``state.epoch`` (0-based) and counts them in ``state``.
+
+    Args:
+        loader: yields the epoch's :class:`MultiViewBatch` es from ``state.batch`` on.
+        monitor: a :class:`~ltcl.engine.monitor.StepMonitor`; after every step it may read the statistics, save a
+            checkpoint, or ask to stop.
+
+    Returns:
+        True when the epoch ran to its end, False when the monitor stopped it early (an interrupt).
+    """
+    state.forward.train()
+    state.objective.train()
+    state.progress.start_clock()
+    finished = True
+    for batch in loader:
+        if state.batch >= state.steps_per_epoch:
+            break
+        training_step(state, batch)
+        state.batch += 1
+        state.global_step += 1
+        if not monitor.after_step(state):
+            finished = False
+            break
+    state.progress.stop_clock()
+    return finished

@@ -1,0 +1,192 @@
+"""The reproducers of "A run never lies", through the real command line on the bundled digits.
+
+Each test was a silent wrong answer before: a resume that changed the run, a NaN run that reported accuracy, a
+checkpoint that advised unsafe unpickling, a photo judged by its centre 32 pixels.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ltcl.data.datasets import digits_arrays
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = str(REPO / "configs" / "digits_lt.yaml")
+SMOKE = ["train.max_steps_per_epoch=3", "optim.epochs=1", "optim.warmup_epochs=0", "model.backbone=resnet8",
+         "data.num_workers=0", "train.progress=false"]
+
+
+def ltcl(*args, cwd=REPO, env=None):
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ltcl.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=full_env, timeout=600)
+
+
+def sets(*overrides):
+    return [item for o in overrides for item in ("--set", o)]
+
+
+def one_sentence(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """A finished 1-epoch run (3 steps) of the bundled config."""
+    out = tmp_path_factory.mktemp("smoke")
+    proc = ltcl("train", "-c", DIGITS, *sets(*SMOKE, f"train.output_dir={out}"))
+    assert proc.returncode == 0, proc.stderr
+    return out / "digits_lt"
+
+
+def test_the_readme_resume_line_refuses_to_turn_a_smoke_run_into_another_run(smoke_run):
+    # Before: -c plus the config file's defaults silently resumed this 1-epoch run as a 200-epoch one.
+    proc = ltcl("train", "-c", DIGITS, "--resume", str(smoke_run / "checkpoint_last.pt"))
+    assert proc.returncode == 2
+    message = one_sentence(proc.stderr)
+    assert "optim.epochs 1 -> 30" in message and "train.max_steps_per_epoch 3 -> 0" in message
+    assert "model.backbone 'resnet8' -> 'resnet20'" in message and "--extend-epochs" in message
+
+
+def test_a_finished_run_says_so_and_touches_nothing(smoke_run):
+    before = {p.name: p.read_bytes() for p in smoke_run.iterdir() if p.is_file()}
+    proc = ltcl("train", "--resume", str(smoke_run / "checkpoint_last.pt"))
+    assert proc.returncode == 0 and "finished all 1 epochs already" in proc.stdout
+    after = {p.name: p.read_bytes() for p in smoke_run.iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_changed_hyperparameters_are_refused_and_the_record_is_kept(tmp_path):
+    ltcl("train", "-c", DIGITS, *sets(*SMOKE, "optim.epochs=2", f"train.output_dir={tmp_path}"))
+    run = tmp_path / "digits_lt"
+    config_before = (run / "config.yaml").read_text()
+    proc = ltcl("train", "--resume", str(run / "checkpoint_last.pt"), *sets("optim.lr=0.5", "optim.epochs=3"))
+    assert proc.returncode == 2
+    message = one_sentence(proc.stderr)
+    assert "optim.lr 0.05 -> 0.5" in message and "optim.epochs 2 -> 3" in message
+    proc = ltcl("train", "--resume", str(run / "checkpoint_last.pt"), *sets("model.projection_dim=16"))
+    assert proc.returncode == 2 and "model.projection_dim 32 -> 16" in one_sentence(proc.stderr)
+    assert "state_dict" not in proc.stderr and "size mismatch" not in proc.stderr
+
+    # Extending the schedule is an explicit, recorded choice; config.yaml keeps the record of how the run began.
+    proc = ltcl("train", "--resume", str(run / "checkpoint_last.pt"), "--extend-epochs", "3",
+                *sets("data.num_workers=0", "train.eval_every=3"))
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 3/3" in proc.stdout and "extended to 3 epochs" in proc.stdout
+    assert (run / "config.yaml").read_text() == config_before
+    (record,) = [json.loads(line) for line in (run / "resumes.jsonl").read_text().splitlines()]
+    assert record["extended_epochs"] == [2, 3] and record["changed"] == {"train.eval_every": [10, 3]}
+    assert (record["epoch"], record["batch"]) == (2, 0) and record["code_revision"]
+
+
+def test_a_non_finite_loss_stops_the_run_and_reports_no_accuracy(tmp_path):
+    # Before: exit 0, "loss nan", a NaN checkpoint and "Many 100.00 / All 10.00".
+    proc = ltcl("train", "-c", DIGITS, *sets(*SMOKE, "optim.lr=1e6", "loss.objective=bs", "optim.epochs=2",
+                                               f"train.output_dir={tmp_path}"))
+    assert proc.returncode == 3
+    message = one_sentence(proc.stderr)
+    assert "classification (bs) loss became non-finite at epoch 1, step 2" in message
+    assert "learning rate 1e+06" in message and "Hint:" in message
+    run = tmp_path / "digits_lt"
+    assert not (run / "checkpoint_last.pt").exists() and not (run / "results.json").exists()
+    assert "| Many |" not in proc.stdout
+
+    proc = ltcl("train", "-c", DIGITS, *sets(*SMOKE, "optim.lr=1e6", "loss.objective=bs+acl",
+                                               f"train.output_dir={tmp_path / 'acl'}"))
+    assert proc.returncode == 3 and "became non-finite at epoch 1" in one_sentence(proc.stderr)
+    assert "features contain" not in proc.stderr
+
+
+def test_a_checkpoint_with_nan_weights_is_never_evaluated(smoke_run, tmp_path):
+    state = torch.load(smoke_run / "checkpoint_last.pt", weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    image = tmp_path / "digit.png"
+    Image.new("RGB", (32, 32)).save(image)
+    for args in (["eval", "--checkpoint", str(broken)], ["predict", "--checkpoint", str(broken), str(image)]):
+        proc = ltcl(*args)
+        assert proc.returncode == 3 and "NaN or inf weights" in one_sentence(proc.stderr) and "%" not in proc.stdout
+
+
+@pytest.mark.parametrize("content, phrase", [
+    (b"garbage, not a checkpoint", "is not a PyTorch checkpoint"),
+    (None, "truncated or damaged"),  # the first half of a real checkpoint
+])
+def test_unreadable_checkpoints_get_one_sentence_and_no_unpickling_advice(smoke_run, tmp_path, content, phrase):
+    path = tmp_path / "bad.pt"
+    real = (smoke_run / "checkpoint_last.pt").read_bytes()
+    path.write_bytes(content if content is not None else real[: len(real) // 2])
+    proc = ltcl("eval", "--checkpoint", str(path))
+    message = one_sentence(proc.stderr)
+    assert proc.returncode == 2 and phrase in message and str(path) in message
+    assert "weights_only" not in proc.stderr and "pickle" not in proc.stderr.lower()
+
+
+def test_a_directory_and_a_missing_cuda_are_named(smoke_run):
+    proc = ltcl("eval", "--checkpoint", str(smoke_run))
+    assert proc.returncode == 2 and "is a directory" in one_sentence(proc.stderr) and "checkpoint_last.pt" in proc.stderr
+    if not torch.cuda.is_available():
+        for command in ("eval", "predict"):
+            extra = [str(REPO / "README.md")] if command == "predict" else []
+            proc = ltcl(command, "--checkpoint", str(smoke_run / "checkpoint_last.pt"), "--device", "cuda", *extra)
+            assert proc.returncode == 2 and "no CUDA device" in one_sentence(proc.stderr)
+
+
+def test_predict_sees_the_whole_photo_and_goes_on_after_a_bad_file(smoke_run, tmp_path):
+    images, labels, test = digits_arrays()
+    small = Image.fromarray(images[test.nonzero()[0][0]])
+    small.save(tmp_path / "a_small.png")
+    small.resize((512, 512), Image.BILINEAR).save(tmp_path / "b_large.png")  # the same digit as a big photo
+    (tmp_path / "c_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    proc = ltcl("predict", "--checkpoint", str(smoke_run / "checkpoint_last.pt"), str(tmp_path), "--json",
+                "--top-k", "10", cwd=tmp_path)
+    assert proc.returncode == 2 and "1 image(s) could not be read" in proc.stderr
+    entries = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [Path(e["path"]).name for e in entries] == ["a_small.png", "b_large.png", "c_broken.jpg"]
+    assert "error" in entries[2] and "c_broken.jpg" in entries[2]["error"]
+    small_p, large_p = ({t["class"]: t["probability"] for t in e["top"]} for e in entries[:2])
+    # Resized as a whole, the 512-px photo is the 32-px digit again (up to resampling); a centre crop of it
+    # (the old behaviour) would be an almost uniform grey patch.
+    assert max(abs(small_p[c] - large_p[c]) for c in small_p) < 0.05
+
+
+def test_checkpoints_work_from_any_directory(tmp_path, cifar10_npz):
+    # Trained with a path relative to its working directory; evaluated from elsewhere.
+    work = tmp_path / "work"
+    work.mkdir()
+    relative = os.path.relpath(cifar10_npz, work)
+    proc = ltcl("train", "-c", str(REPO / "configs" / "cifar10_lt_if100_acl.yaml"),
+                *sets(f"data.root={relative}", *SMOKE, "data.batch_size=16", "data.eval_batch_size=1000",
+                      "train.output_dir=runs"), cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    run = work / "runs" / "cifar10_lt_if100_acl"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(Path(cifar10_npz).resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = ltcl("eval", "--checkpoint", str(run / "checkpoint_last.pt"), "--json", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((run / "results.json").read_text())
+    assert json.loads(proc.stdout)["all"] == pytest.approx(results["test"]["all"])
+
+
+def test_logs_are_compact_and_free_of_carriage_returns(tmp_path):
+    proc = ltcl("train", "-c", DIGITS, *sets(*SMOKE, "train.progress=true", "data.num_workers=64",
+                                               f"train.output_dir={tmp_path}"))
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stdout + proc.stderr  # not a terminal: one line per epoch, no bar frames
+    head = proc.stdout.split("epoch 1/1")[0].strip().splitlines()
+    assert len(head) <= 10 and head[0].startswith("ltcl train: digits_lt ->")  # not the 90-line config dump
+    assert any("data.num_workers 64 lowered to" in line for line in head)
+    assert "worker processes in total" not in proc.stderr  # PyTorch's warning about too many workers
