@@ -1,6 +1,9 @@
 """Augmentation presets on real CIFAR-10 images, checked against slow references written here."""
 
 import io
+import re
+from types import SimpleNamespace
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -10,9 +13,12 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 from ltcl.config import ViewsConfig
+from ltcl.config.schema import Preset
 from ltcl.data.augment import (
+    DEVICE_PRESETS,
     NORMALIZATION,
     PRESETS,
+    RECIPES,
     Cutout,
     RandomGaussianBlur,
     RandomPadCrop,
@@ -20,6 +26,8 @@ from ltcl.data.augment import (
     blur_kernel_size,
     build_test_transform,
     build_train_transform,
+    normalization_stats,
+    resolve_views,
 )
 
 BLURRED = {"simclr", "randaugstack"}  # presets whose output is not always a whole number of pixel levels
@@ -98,22 +106,47 @@ def test_same_seed_same_views_different_seed_different_views(images):
             assert not all(torch.equal(a, b) for a, b in zip(first, other)), preset
 
 
-def test_test_transform_resize_then_centre_crop(images):
-    mean, std = (np.asarray(v).reshape(3, 1, 1) for v in NORMALIZATION["cifar"])
-    image = images[3]
-    cfg = ViewsConfig(test_size=32, test_resize=40)
-    out = build_test_transform(cfg)(image).numpy()
-    resized = np.asarray(image.resize((40, 40), Image.BILINEAR), dtype=np.float64)[4:36, 4:36]
-    reference = (resized.transpose(2, 0, 1) / 255.0 - mean) / std
-    np.testing.assert_allclose(out, reference, atol=1e-5)
+def _normalised(array: np.ndarray, normalization: str = "cifar") -> np.ndarray:
+    """(H, W, 3) pixel levels -> the (3, H, W) normalised float64 reference."""
+    mean, std = (np.asarray(v).reshape(3, 1, 1) for v in NORMALIZATION[normalization])
+    return (np.asarray(array, dtype=np.float64).transpose(2, 0, 1) / 255.0 - mean) / std
 
-    plain = build_test_transform(ViewsConfig(test_size=32, test_resize=0))(image).numpy()
-    exact = (np.asarray(image, dtype=np.float64).transpose(2, 0, 1) / 255 - mean) / std
-    np.testing.assert_allclose(plain, exact, atol=1e-5)
+
+def test_test_transform_resize_then_centre_crop(images):
+    image = images[3]
+    out = build_test_transform(ViewsConfig(test_size=32, test_resize=40))(image).numpy()
+    resized = np.asarray(image.resize((40, 40), Image.BILINEAR))[4:36, 4:36]
+    np.testing.assert_allclose(out, _normalised(resized), atol=1e-5)
 
     wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8))
     out = build_test_transform(ViewsConfig(test_size=24, test_resize=28, normalization="imagenet"))(wide)
-    assert out.shape == (3, 24, 24)
+    reference = np.asarray(wide.resize((42, 28), Image.BILINEAR))[2:26, 9:33]  # shorter side 28, then the centre
+    np.testing.assert_allclose(out.numpy(), _normalised(reference, "imagenet"), atol=1e-5)
+
+
+def test_test_transform_at_native_size_does_not_resample(images):
+    """test_resize 0 means test_size: a 32 px image at test_size 32 is exactly normalised, with no resampling."""
+    transform = build_test_transform(ViewsConfig(test_size=32, test_resize=0))
+    resize = transform.transforms[0]
+    assert isinstance(resize, v2.Resize) and resize.size == [32]
+    for image in images:
+        assert resize(image) is image  # torchvision returns the image itself when the size already matches
+        assert torch.equal(transform(image), ToNormalizedTensor(*NORMALIZATION["cifar"])(image))
+
+
+def test_test_transform_judges_a_large_photo_whole(images):
+    """A large photo is shrunk to test_size, not cut to its centre test_size pixels (torchvision's convention)."""
+    photo = images[5].resize((512, 512), Image.BICUBIC)  # a real image, upscaled to photo size
+    out = build_test_transform(ViewsConfig(test_size=32))(photo).numpy()
+    whole = _normalised(photo.resize((32, 32), Image.BILINEAR))
+    np.testing.assert_allclose(out, whole, atol=1e-5)
+    centre = _normalised(np.asarray(photo)[240:272, 240:272])
+    # The output is close to the original 32 px image (up to the two resamplings), far from the centre crop.
+    assert np.abs(out - _normalised(np.asarray(images[5]))).mean() < 0.15 < 0.5 < np.abs(out - centre).mean()
+
+    portrait = images[6].resize((40, 50), Image.BICUBIC)  # 40 wide, 50 high: 32 wide, 40 high, then the centre
+    out = build_test_transform(ViewsConfig(test_size=32))(portrait).numpy()
+    np.testing.assert_allclose(out, _normalised(np.asarray(portrait.resize((32, 40), Image.BILINEAR))[4:36]), atol=1e-5)
 
 
 def _zero_box(out: torch.Tensor):
@@ -166,16 +199,15 @@ def test_random_pad_crop_is_a_window_of_the_padded_image(images):
     for _ in range(200):
         out = np.asarray(crop(images[0]))
         assert out.shape == array.shape
-        matches = [(dy, dx) for dy in range(9) for dx in range(9)
-                   if np.array_equal(out, padded[dy : dy + 32, dx : dx + 32])]
+        matches = [
+            (dy, dx) for dy in range(9) for dx in range(9) if np.array_equal(out, padded[dy : dy + 32, dx : dx + 32])
+        ]
         assert matches, "output is not a 32x32 window of the zero-padded image"
         seen.update(matches)
     assert {dy for dy, _ in seen} == set(range(9)) and {dx for _, dx in seen} == set(range(9))
 
 
-@pytest.mark.parametrize(
-    "shape,kernel", [((3, 32, 32), 3), ((3, 40, 56), 5), ((3, 224, 224), 23), ((1, 9, 4), 7)]
-)
+@pytest.mark.parametrize("shape,kernel", [((3, 32, 32), 3), ((3, 40, 56), 5), ((3, 224, 224), 23), ((1, 9, 4), 7)])
 def test_gaussian_blur_matches_torchvision(shape, kernel):
     image = torch.rand(shape)
     for sigma in (0.3, 1.0, 2.0):
@@ -218,8 +250,10 @@ def _describe(step):
     }
     if name == "RandomApply":
         return (name, step.p, *[_describe(t) for t in step.transforms])
-    return (name, *[tuple(getattr(step, k)) if isinstance(getattr(step, k), list) else getattr(step, k)
-                    for k in keys[name]])
+    return (
+        name,
+        *[tuple(getattr(step, k)) if isinstance(getattr(step, k), list) else getattr(step, k) for k in keys[name]],
+    )
 
 
 def test_presets_follow_the_recipes():
@@ -230,13 +264,32 @@ def test_presets_follow_the_recipes():
     gray = ("RandomGrayscale", 0.2)
     randaug = ("RandAugment", 2, 10, 11)
     expected = {
-        "cifar_autoaugment_cutout": [("RandomPadCrop", 4), flip, ("AutoAugment", v2.AutoAugmentPolicy.CIFAR10),
-                                     ("Resize", (32, 32)), cifar, ("Cutout", 16)],
-        "simclr": [("RandomResizedCrop", (32, 32), (0.2, 1.0)), flip, jitter, gray, cifar,
-                   ("RandomApply", 0.2, ("RandomGaussianBlur", 3, (0.1, 2.0)))],
+        "cifar_autoaugment_cutout": [
+            ("RandomPadCrop", 4),
+            flip,
+            ("AutoAugment", v2.AutoAugmentPolicy.CIFAR10),
+            ("Resize", (32, 32)),
+            cifar,
+            ("Cutout", 16),
+        ],
+        "simclr": [
+            ("RandomResizedCrop", (32, 32), (0.2, 1.0)),
+            flip,
+            jitter,
+            gray,
+            cifar,
+            ("RandomApply", 0.2, ("RandomGaussianBlur", 3, (0.1, 2.0))),
+        ],
         "randaugment": [("RandomResizedCrop", (32, 32), (0.08, 1.0)), flip, randaug, cifar],
-        "randaugstack": [("RandomResizedCrop", (32, 32), (0.08, 1.0)), flip, randaug, jitter, gray, cifar,
-                         ("RandomApply", 0.5, ("RandomGaussianBlur", 3, (0.1, 2.0)))],
+        "randaugstack": [
+            ("RandomResizedCrop", (32, 32), (0.08, 1.0)),
+            flip,
+            randaug,
+            jitter,
+            gray,
+            cifar,
+            ("RandomApply", 0.5, ("RandomGaussianBlur", 3, (0.1, 2.0))),
+        ],
         "digits": [("RandomPadCrop", 4), ("RandomAffine", (-10.0, 10.0)), ("Resize", (32, 32)), cifar],
         "digits_simclr": [("RandomResizedCrop", (32, 32), (0.5, 1.0)), ("RandomAffine", (-10.0, 10.0)), cifar],
         "none": [("Resize", (32, 32)), cifar],
@@ -271,11 +324,75 @@ def test_train_transform_errors_name_the_bad_value(preset, size, overrides, matc
 
 
 def test_other_errors_name_the_bad_value():
-    with pytest.raises(ValueError, match="views.test_size"):
-        build_test_transform(ViewsConfig(test_size=0))
+    with pytest.raises(ValueError, match="views.test_size must be a positive"):
+        build_test_transform(ViewsConfig(test_size=-1))
     with pytest.raises(ValueError, match="views.test_resize"):
         build_test_transform(ViewsConfig(test_resize=-1))
     with pytest.raises(ValueError, match="odd"):
         RandomGaussianBlur(4)
     with pytest.raises(ValueError, match="positive"):
         Cutout(0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The recipe table and model-defined inputs
+
+
+def test_presets_are_the_schema_literal_and_each_has_one_recipe():
+    assert PRESETS == get_args(Preset) == tuple(RECIPES)
+    assert DEVICE_PRESETS == tuple(p for p in PRESETS if RECIPES[p].policy != "randaugment")
+    assert "randaugment" not in DEVICE_PRESETS and "simclr" in DEVICE_PRESETS
+
+
+VIT = SimpleNamespace(size=40, mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 0.125))
+
+
+def test_resolve_views_fills_sizes_and_statistics_from_the_model(images):
+    cfg = ViewsConfig(sizes=[0, 24], test_size=0, normalization="model")
+    resolved = resolve_views(cfg, VIT)
+    assert resolved.sizes == [40, 24] and resolved.test_size == 40
+    assert normalization_stats(resolved) == (VIT.mean, VIT.std)
+    assert cfg.sizes == [0, 24] and cfg.test_size == 0  # the run's config is left as it was
+    assert resolved.presets == cfg.presets and resolved.presets is not cfg.presets
+
+    big = images[0].resize((40, 40), Image.BICUBIC)
+    expected = ToNormalizedTensor(VIT.mean, VIT.std)(big)
+    assert torch.equal(build_train_transform("none", resolved.sizes[0], resolved)(big), expected)
+    assert torch.equal(build_test_transform(resolved)(big), expected)
+
+
+def test_resolve_views_keeps_what_the_config_states():
+    cfg = ViewsConfig(sizes=[0], test_size=32, normalization="imagenet")
+    resolved = resolve_views(cfg, VIT)
+    assert resolved.sizes == [40] and resolved.test_size == 32
+    assert normalization_stats(resolved) == NORMALIZATION["imagenet"]  # a dataset normalisation stays
+    plain = ViewsConfig()
+    assert resolve_views(plain, VIT) is plain and resolve_views(plain, None) is plain  # nothing to fill in
+    model = resolve_views(ViewsConfig(normalization="model"), VIT)
+    assert resolve_views(model, None) is model  # resolving twice changes nothing
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"sizes": [32, 0]}, "A views.sizes entry is 0"),
+        ({"test_size": 0}, "views.test_size is 0"),
+        ({"normalization": "model"}, "views.normalization is 'model'"),
+    ],
+)
+def test_model_defined_inputs_without_a_spec_are_one_sentence_errors(overrides, match):
+    with pytest.raises(ValueError, match=match) as error:
+        resolve_views(ViewsConfig(**overrides), None)
+    message = str(error.value)
+    assert message.endswith(".") and not re.search(r"\. [A-Z]", message), message  # one sentence
+
+
+def test_unresolved_model_inputs_fail_where_they_are_used():
+    with pytest.raises(ValueError, match="views.normalization 'model'.*resolve_views"):
+        normalization_stats(ViewsConfig(normalization="model"))
+    with pytest.raises(ValueError, match="views.test_size is 0"):
+        build_test_transform(ViewsConfig(test_size=0))
+    with pytest.raises(ValueError, match="model's input std"):
+        resolve_views(ViewsConfig(normalization="model"), SimpleNamespace(size=32, mean=(0, 0, 0), std=(1, 0, 1)))
+    with pytest.raises(ValueError, match="model's input size"):
+        resolve_views(ViewsConfig(sizes=[0]), SimpleNamespace(size=0, mean=(0, 0, 0), std=(1, 1, 1)))

@@ -1,7 +1,9 @@
 """Batched device augmentation, checked op by op and preset by preset against torchvision per image."""
 
+import dataclasses
 import io
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,12 +14,14 @@ from torchvision.transforms import AutoAugment, AutoAugmentPolicy, Interpolation
 from torchvision.transforms.v2 import AutoAugment as AutoAugmentV2
 
 from ltcl.config import ViewsConfig
-from ltcl.data import batch_augment as ba
-from ltcl.data.augment import NORMALIZATION, blur_kernel_size
+from ltcl.data.augment import NORMALIZATION, RECIPES, batched, blur_kernel_size, build_train_transform, resolve_views
+from ltcl.data.augment import batch_autoaugment as aa
+from ltcl.data.augment import batch_geometry as geo
+from ltcl.data.augment import batch_ops as ops
 
 NEAREST, BILINEAR = InterpolationMode.NEAREST, InterpolationMode.BILINEAR
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-FILL = (125 / 255, 123 / 255, 114 / 255)  # the CIFAR mean colour as augment.py rounds it
+FILL = (125 / 255, 123 / 255, 114 / 255)  # the CIFAR mean colour as the PIL pipeline rounds it
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +61,10 @@ def _per_image(function, batch, *params) -> torch.Tensor:
 @pytest.mark.parametrize(
     "ours, theirs",
     [
-        (ba.adjust_brightness, F.adjust_brightness),
-        (ba.adjust_saturation, F.adjust_saturation),
-        (ba.adjust_contrast, F.adjust_contrast),
-        (ba.adjust_sharpness, F.adjust_sharpness),
+        (ops.adjust_brightness, F.adjust_brightness),
+        (ops.adjust_saturation, F.adjust_saturation),
+        (ops.adjust_contrast, F.adjust_contrast),
+        (ops.adjust_sharpness, F.adjust_sharpness),
     ],
 )
 def test_colour_blends_match_torchvision(ours, theirs, images):
@@ -74,32 +78,32 @@ def test_colour_blends_match_torchvision(ours, theirs, images):
 def test_hue_matches_torchvision(images):
     shifts = torch.linspace(-0.5, 0.5, len(images))[torch.randperm(len(images))]
     expected = _per_image(F.adjust_hue, images, shifts)
-    torch.testing.assert_close(ba.adjust_hue(images, shifts), expected, atol=2e-6, rtol=0)
+    torch.testing.assert_close(ops.adjust_hue(images, shifts), expected, atol=2e-6, rtol=0)
 
 
 def test_level_ops_match_torchvision_on_uint8(images, uint8_images):
     batch = len(images)
     bits = torch.arange(batch) % 8 + 1
     expected = _per_image(lambda im, b: F.posterize(im, int(b)), uint8_images, bits)
-    assert torch.equal(ba.posterize(images, bits), expected / 255.0)
+    assert torch.equal(ops.posterize(images, bits), expected / 255.0)
 
     # Integer thresholds (85 is one of the policy's) are where a float comparison could go wrong.
     thresholds = torch.tensor([85.0, 0.0, 255.0, 141.67, 198.33, 170.0] * 4)[:batch]
     expected = _per_image(F.solarize, uint8_images, thresholds).float() / 255.0
-    torch.testing.assert_close(ba.solarize(images, thresholds), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ops.solarize(images, thresholds), expected, atol=1e-6, rtol=0)
 
     expected = _per_image(F.equalize, uint8_images).float() / 255.0
-    assert torch.equal(ba.equalize(images), expected)
-    assert torch.equal(ba.equalize(images)[-2], images[-2])  # a constant image stays as it is
+    assert torch.equal(ops.equalize(images), expected)
+    assert torch.equal(ops.equalize(images)[-2], images[-2])  # a constant image stays as it is
 
     # torchvision truncates the stretched uint8 levels; the float op keeps the fraction.
     expected = _per_image(F.autocontrast, uint8_images).float() / 255.0
-    difference = ba.autocontrast(images) - expected
+    difference = ops.autocontrast(images) - expected
     assert difference.min() >= -1e-6 and difference.max() < 1.0 / 255.0 + 1e-6
-    torch.testing.assert_close(ba.autocontrast(images), _per_image(F.autocontrast, images), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ops.autocontrast(images), _per_image(F.autocontrast, images), atol=1e-6, rtol=0)
 
     expected = _per_image(F.invert, uint8_images) / 255.0
-    torch.testing.assert_close(ba.invert(images), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ops.invert(images), expected, atol=1e-6, rtol=0)
 
 
 def test_level_ops_read_the_nearest_level_between_levels():
@@ -110,10 +114,10 @@ def test_level_ops_read_the_nearest_level_between_levels():
         thresholds = torch.arange(256.0)
         inverted = torch.stack([F.solarize(levels, float(t)) != levels for t in thresholds])
         inverted = inverted.reshape(256, 1, 1, 256)
-        assert torch.equal(ba.solarize(x, thresholds), torch.where(inverted, 1.0 - x, x))
+        assert torch.equal(ops.solarize(x, thresholds), torch.where(inverted, 1.0 - x, x))
         bits = torch.arange(256) % 8 + 1
         expected = torch.stack([F.posterize(levels, int(b)) for b in bits]).reshape(256, 1, 1, 256)
-        assert torch.equal(ba.posterize(x, bits), (expected.double() / 255).expand(256, 3, 1, 256))
+        assert torch.equal(ops.posterize(x, bits), (expected.double() / 255).expand(256, 3, 1, 256))
 
 
 def _torchvision_geometric(image, name, magnitude, fill=FILL):
@@ -142,8 +146,8 @@ def test_geometric_ops_match_torchvision(name, limit, images):
     magnitudes = torch.linspace(-limit, limit, len(images))[torch.randperm(len(images))]
     if name.startswith("Translate"):
         magnitudes = magnitudes.trunc()
-    op = torch.full((len(images),), ba.AUTOAUGMENT_OPS.index(name))
-    ours = ba.autoaugment_slot(images, op, magnitudes, torch.tensor(FILL))
+    op = torch.full((len(images),), aa.AUTOAUGMENT_OPS.index(name))
+    ours = aa.autoaugment_slot(images, op, magnitudes, torch.tensor(FILL))
     expected = torch.stack([_torchvision_geometric(im, name, float(m)) for im, m in zip(images, magnitudes)])
     # Both sample with grid_sample(nearest); only grid points within rounding of a pixel border may differ.
     assert _equal_pixel_fraction(ours, expected) >= 0.97
@@ -156,7 +160,7 @@ def test_gaussian_blur_matches_torchvision(images):
         expected = torch.stack(
             [F.gaussian_blur(im, [kernel_size] * 2, [float(s)] * 2) for im, s in zip(images, sigmas)]
         )
-        torch.testing.assert_close(ba.gaussian_blur(images, kernel_size, sigmas), expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ops.gaussian_blur(images, kernel_size, sigmas), expected, atol=1e-6, rtol=0)
 
 
 def test_resized_crop_matches_torchvision(images):
@@ -165,7 +169,7 @@ def test_resized_crop_matches_torchvision(images):
     height, width = 32 - top - torch.arange(batch) % 5, 32 - left - torch.arange(batch) % 3
     flip = torch.arange(batch) % 2 == 1
     for size in (32, 48, 20):  # enlarging and shrinking (ours never antialiases)
-        ours = ba.resized_crop(images, top, left, height, width, size, flip)
+        ours = geo.resized_crop(images, top, left, height, width, size, flip)
         for i in range(batch):
             box = (int(top[i]), int(left[i]), int(height[i]), int(width[i]))
             expected = F.resized_crop(images[i], *box, [size, size], antialias=False)
@@ -177,7 +181,7 @@ def test_pad_crop_is_a_window_of_the_zero_padded_image(images):
     batch = len(images)
     top, left = torch.arange(batch) % 9 - 4, torch.arange(batch).flip(0) % 9 - 4
     flip = torch.arange(batch) % 3 == 0
-    ours = ba.pad_crop_flip(images, top, left, flip)
+    ours = geo.pad_crop_flip(images, top, left, flip)
     padded = torch.nn.functional.pad(images, [4, 4, 4, 4])
     for i in range(batch):
         window = padded[i, :, 4 + top[i] : 4 + top[i] + 32, 4 + left[i] : 4 + left[i] + 32]
@@ -189,7 +193,7 @@ def test_cutout_fills_the_clipped_square(images):
     cy, cx = torch.arange(batch) * 5 % 32, torch.arange(batch) * 11 % 32
     cy[:3], cx[:3] = torch.tensor([0, 31, 16]), torch.tensor([0, 31, 16])  # corners and the centre
     fill = torch.tensor([-1.0, -2.0, -3.0])
-    ours = ba.cutout(images, cy, cx, 16, fill)
+    ours = geo.cutout(images, cy, cx, 16, fill)
     for i in range(batch):
         expected = images[i].clone()
         y0, x0 = int(cy[i]) - 8, int(cx[i]) - 8
@@ -202,22 +206,22 @@ def test_cutout_fills_the_clipped_square(images):
 def test_identity_parameters_leave_images_unchanged(images):
     batch = len(images)
     ones, zeros = torch.ones(batch), torch.zeros(batch)
-    for blend in (ba.adjust_brightness, ba.adjust_saturation, ba.adjust_contrast, ba.adjust_sharpness):
+    for blend in (ops.adjust_brightness, ops.adjust_saturation, ops.adjust_contrast, ops.adjust_sharpness):
         assert torch.equal(blend(images, ones), images)
-    assert torch.equal(ba.posterize(images, torch.full((batch,), 8)), images)
-    assert torch.equal(ba.solarize(images, torch.full((batch,), 256.0)), images)
-    assert torch.equal(ba.gaussian_blur(images, 5, zeros), images)
-    torch.testing.assert_close(ba.adjust_hue(images, zeros), images, atol=1e-6, rtol=0)
+    assert torch.equal(ops.posterize(images, torch.full((batch,), 8)), images)
+    assert torch.equal(ops.solarize(images, torch.full((batch,), 256.0)), images)
+    assert torch.equal(ops.gaussian_blur(images, 5, zeros), images)
+    torch.testing.assert_close(ops.adjust_hue(images, zeros), images, atol=1e-6, rtol=0)
     no_op = torch.full((batch,), -1)
-    assert torch.equal(ba.autoaugment_slot(images, no_op, torch.randn(batch), torch.tensor(FILL)), images)
-    assert torch.equal(ba.pad_crop_flip(images, zeros.long(), zeros.long(), zeros.bool()), images)
+    assert torch.equal(aa.autoaugment_slot(images, no_op, torch.randn(batch), torch.tensor(FILL)), images)
+    assert torch.equal(geo.pad_crop_flip(images, zeros.long(), zeros.long(), zeros.bool()), images)
     full = torch.full((batch,), 32)
-    whole = ba.resized_crop(images, zeros.long(), zeros.long(), full, full, 32, zeros.bool())
+    whole = geo.resized_crop(images, zeros.long(), zeros.long(), full, full, 32, zeros.bool())
     torch.testing.assert_close(whole, images, atol=1e-6, rtol=0)
     pairs = torch.zeros(batch, 2)
-    matrix = ba.inverse_affine_matrix(zeros, pairs, ones, pairs, pairs)
+    matrix = geo.inverse_affine_matrix(zeros, pairs, ones, pairs, pairs)
     assert torch.equal(matrix, torch.tensor([[1.0, 0, 0], [0, 1, 0]]).expand(batch, 2, 3))
-    assert torch.equal(ba.affine_sample(images, matrix, 32, "nearest", torch.tensor(FILL)), images)
+    assert torch.equal(geo.affine_sample(images, matrix, 32, "nearest", torch.tensor(FILL)), images)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -225,13 +229,13 @@ def test_identity_parameters_leave_images_unchanged(images):
 
 
 def test_autoaugment_tables_follow_torchvision():
-    op, probability, magnitude, signed, names = ba.autoaugment_tables(32, 32)
+    op, probability, magnitude, signed, names = aa.autoaugment_tables(32, 32)
     policies = AutoAugment(AutoAugmentPolicy.CIFAR10).policies
     space_v2 = AutoAugmentV2._AUGMENTATION_SPACE  # a second, independent statement of the magnitudes
     assert op.shape == (len(policies), 2) == magnitude.shape
     for p, policy in enumerate(policies):
         for s, (name, prob, index) in enumerate(policy):
-            assert ba.AUTOAUGMENT_OPS[int(op[p, s])] == name and float(probability[p, s]) == prob
+            assert aa.AUTOAUGMENT_OPS[int(op[p, s])] == name and float(probability[p, s]) == prob
             assert name in names[s]
             if index is None:
                 assert float(magnitude[p, s]) == 0.0 and not signed[p, s]
@@ -266,16 +270,16 @@ def _reference_op(image, name, magnitude, fill=FILL):
 def test_autoaugment_slot_matches_torchvision_per_image(images):
     """Every sample gets a different op: each op must reach exactly its own samples."""
     batch = len(images)
-    op = torch.arange(batch) % (len(ba.AUTOAUGMENT_OPS) + 1) - 1  # -1 (nothing) and every op
+    op = torch.arange(batch) % (len(aa.AUTOAUGMENT_OPS) + 1) - 1  # -1 (nothing) and every op
     # One magnitude per op code 0..13 (shears from the policy's bins, away from nearest-neighbour ties).
     per_op = [0.7 / 3, -0.8 / 3, -9.0, 6.0, -25.0, 0.6, -0.5, 0.7, -0.8, 5.0, 128.0, 0, 0, 0]
     magnitude = torch.tensor([0.0] + per_op).repeat(2)[:batch]
-    ours = ba.autoaugment_slot(images, op, magnitude, torch.tensor(FILL))
+    ours = aa.autoaugment_slot(images, op, magnitude, torch.tensor(FILL))
     for i in range(batch):
         if op[i] < 0:
             assert torch.equal(ours[i], images[i])
             continue
-        name = ba.AUTOAUGMENT_OPS[int(op[i])]
+        name = aa.AUTOAUGMENT_OPS[int(op[i])]
         expected = _reference_op(images[i], name, float(magnitude[i]))
         assert _equal_pixel_fraction(ours[i], expected) >= (0.97 if name in GEOMETRIC else 1.0), name
 
@@ -292,7 +296,7 @@ def _normalise(x, normalization="cifar"):
 @pytest.mark.parametrize("size, fill", [(32, "mean"), (24, "black")])
 def test_cifar_preset_matches_per_image_reference(size, fill, images):
     cfg = ViewsConfig(cutout_fill=fill)
-    augment = ba.BatchViewAugment("cifar_autoaugment_cutout", size, cfg)
+    augment = batched.BatchViewAugment("cifar_autoaugment_cutout", size, cfg)
     batch = images.repeat(4, 1, 1, 1)  # 104 samples: most sub-policies occur
     params = augment.sample_params(batch, _generator(3))
     ours = augment.apply(batch, params)
@@ -307,7 +311,7 @@ def test_cifar_preset_matches_per_image_reference(size, fill, images):
         for slot in range(2):
             code = int(params["op"][i, slot])
             if code >= 0:
-                x = _reference_op(x, ba.AUTOAUGMENT_OPS[code], float(params["magnitude"][i, slot]))
+                x = _reference_op(x, aa.AUTOAUGMENT_OPS[code], float(params["magnitude"][i, slot]))
         x = _normalise(F.resize(x, [size, size], antialias=True))
         y0, x0 = int(params["cut_y"][i]) - length // 2, int(params["cut_x"][i]) - length // 2
         x[:, max(y0, 0) : y0 + length, max(x0, 0) : x0 + length] = torch.tensor(cut_value).reshape(3, 1, 1)
@@ -318,7 +322,7 @@ def test_cifar_preset_matches_per_image_reference(size, fill, images):
 
 
 def test_simclr_preset_matches_per_image_reference(images):
-    augment = ba.BatchViewAugment("simclr", 32, ViewsConfig(normalization="imagenet"))
+    augment = batched.BatchViewAugment("simclr", 32, ViewsConfig(normalization="imagenet"))
     batch = images.repeat(2, 1, 1, 1)
     params = augment.sample_params(batch, _generator(5))
     ours = augment.apply(batch, params)
@@ -343,7 +347,7 @@ def test_digits_presets_match_per_image_reference(preset):
 
     pixels = torch.from_numpy(digits_arrays()[0][:24]).permute(0, 3, 1, 2).float() / 255.0
     size = 32 if preset == "digits" else 28
-    augment = ba.BatchViewAugment(preset, size, ViewsConfig())
+    augment = batched.BatchViewAugment(preset, size, ViewsConfig())
     params = augment.sample_params(pixels, _generator(7))
     ours = augment.apply(pixels, params)
     assert "flip" not in params  # digits are not mirror-symmetric
@@ -362,26 +366,26 @@ def test_digits_presets_match_per_image_reference(preset):
 
 
 @pytest.mark.parametrize("normalization", ["cifar", "imagenet"])
-@pytest.mark.parametrize("preset", ba.DEVICE_PRESETS)
+@pytest.mark.parametrize("preset", batched.DEVICE_PRESETS)
 def test_preset_shape_dtype_and_range(preset, normalization, images):
     cfg = ViewsConfig(normalization=normalization)
     mean, std = (torch.tensor(v).reshape(1, 3, 1, 1) for v in NORMALIZATION[normalization])
     for size in (32, 24):
-        out = ba.BatchViewAugment(preset, size, cfg)(images, _generator(0))
+        out = batched.BatchViewAugment(preset, size, cfg)(images, _generator(0))
         assert out.shape == (len(images), 3, size, size) and out.dtype == torch.float32
         pixels = out * std + mean
         assert pixels.min() > -1e-5 and pixels.max() < 1 + 1e-5
         assert pixels.min() < 0.15 and pixels.max() > 0.85  # normalised once, not twice or never
-    out64 = ba.BatchViewAugment(preset, 32, cfg)(images.double(), _generator(0))
+    out64 = batched.BatchViewAugment(preset, 32, cfg)(images.double(), _generator(0))
     assert out64.dtype == torch.float64
     if preset == "none":
-        assert torch.equal(out, ba.normalize_batch(ba.resize(images, 24), cfg))
-        torch.testing.assert_close(ba.normalize_batch(images, cfg), (images - mean) / std)
+        assert torch.equal(out, batched.normalize_batch(geo.resize(images, 24), cfg))
+        torch.testing.assert_close(batched.normalize_batch(images, cfg), (images - mean) / std)
 
 
-@pytest.mark.parametrize("preset", ba.DEVICE_PRESETS)
+@pytest.mark.parametrize("preset", batched.DEVICE_PRESETS)
 def test_same_seed_same_views_other_seed_other_views(preset, images):
-    augment = ba.BatchViewAugment(preset, 32, ViewsConfig())
+    augment = batched.BatchViewAugment(preset, 32, ViewsConfig())
     first = augment(images, _generator(11))
     assert torch.equal(first, augment(images, _generator(11)))
     if preset != "none":
@@ -402,7 +406,7 @@ def _rate(mask: torch.Tensor) -> float:
 def test_cifar_parameter_statistics():
     batch = 20000
     shape_only = torch.zeros(1, 3, 32, 32).expand(batch, -1, -1, -1)
-    augment = ba.BatchViewAugment("cifar_autoaugment_cutout", 32, ViewsConfig())
+    augment = batched.BatchViewAugment("cifar_autoaugment_cutout", 32, ViewsConfig())
     params = augment.sample_params(shape_only, _generator(1))
     assert abs(_rate(params["flip"]) - 0.5) < 0.02
     assert set(params["top"].tolist()) == set(range(-4, 5)) == set(params["left"].tolist())
@@ -410,13 +414,13 @@ def test_cifar_parameter_statistics():
     policies = AutoAugment(AutoAugmentPolicy.CIFAR10).policies
     counts = torch.bincount(params["policy"], minlength=len(policies))
     assert len(counts) == len(policies) and counts.min() > 0.8 * batch / len(policies)
-    _, _, magnitude, signed, _ = ba.autoaugment_tables(32, 32)
+    _, _, magnitude, signed, _ = aa.autoaugment_tables(32, 32)
     for p, policy in enumerate(policies):
         chosen = params["policy"] == p
         for s, (name, prob, _) in enumerate(policy):
             applied = params["op"][chosen, s] >= 0
             assert abs(_rate(applied) - prob) < 0.08, (p, s)
-            assert (params["op"][chosen, s][applied] == ba.AUTOAUGMENT_OPS.index(name)).all()
+            assert (params["op"][chosen, s][applied] == aa.AUTOAUGMENT_OPS.index(name)).all()
             values = params["magnitude"][chosen, s][applied]
             torch.testing.assert_close(values.abs(), torch.full_like(values, float(magnitude[p, s])))
             if signed[p, s] and magnitude[p, s] != 0 and applied.sum() > 200:
@@ -426,7 +430,7 @@ def test_cifar_parameter_statistics():
 def test_simclr_and_digits_parameter_statistics():
     batch = 20000
     shape_only = torch.zeros(1, 3, 32, 32).expand(batch, -1, -1, -1)
-    params = ba.BatchViewAugment("simclr", 32, ViewsConfig()).sample_params(shape_only, _generator(2))
+    params = batched.BatchViewAugment("simclr", 32, ViewsConfig()).sample_params(shape_only, _generator(2))
     assert abs(_rate(params["flip"]) - 0.5) < 0.02
     jittered = params["brightness"] != 1
     assert abs(_rate(jittered) - 0.8) < 0.02
@@ -445,15 +449,15 @@ def test_simclr_and_digits_parameter_statistics():
     assert (params["top"] >= 0).all() and (params["top"] + params["height"] <= 32).all()
     assert (params["left"] >= 0).all() and (params["left"] + params["width"] <= 32).all()
 
-    params = ba.BatchViewAugment("digits", 32, ViewsConfig()).sample_params(shape_only, _generator(3))
+    params = batched.BatchViewAugment("digits", 32, ViewsConfig()).sample_params(shape_only, _generator(3))
     assert params["angle"].abs().max() <= 10 and params["angle"].abs().max() > 9.9
     assert params["scale"].min() >= 0.9 and params["scale"].max() <= 1.1
 
 
 def test_random_resized_crop_falls_back_to_a_centre_crop():
     """A 4x64 image: no try fits a box with ratio <= 4/3 and scale >= 0.9, as in torchvision's fallback."""
-    draws = ba._Draws(_generator(0), 50, torch.device("cpu"), torch.float32)
-    top, left, height, width = ba.random_resized_crop_boxes(draws, 4, 64, (0.9, 1.0))
+    draws = batched.Draws(_generator(0), 50, torch.device("cpu"), torch.float32)
+    top, left, height, width = batched.random_resized_crop_boxes(draws, 4, 64, (0.9, 1.0))
     assert set(height.tolist()) == {4} and set(width.tolist()) == {round(4 * 4 / 3)}
     assert set(top.tolist()) == {0} and set(left.tolist()) == {(64 - 5) // 2}
 
@@ -464,33 +468,82 @@ def test_random_resized_crop_falls_back_to_a_centre_crop():
 
 def test_build_batch_views_expands_presets_and_sizes():
     cfg = ViewsConfig(num_views=4, presets=["cifar_autoaugment_cutout", "simclr"], sizes=[32, 24, 16])
-    views = ba.build_batch_views(cfg)
+    views = batched.build_batch_views(cfg)
     assert [(v.preset, v.size) for v in views] == [
         ("cifar_autoaugment_cutout", 32), ("simclr", 24), ("simclr", 16), ("simclr", 16)
     ]  # fmt: skip
-    assert views[0].cutout_length == 16 and views[2].cutout_length == 8
+    assert views[0].cutout_length == 16 and views[2].cutout_length == 0  # simclr has no Cutout
+    assert batched.BatchViewAugment("cifar_autoaugment_cutout", 16, cfg).cutout_length == 8
+
+
+def test_fewer_views_than_entries_use_the_first_entries():
+    cfg = ViewsConfig(num_views=2, presets=["simclr", "none", "digits", "digits_simclr", "none"], sizes=[24, 32, 16])
+    assert [(v.preset, v.size) for v in batched.build_batch_views(cfg)] == [("simclr", 24), ("none", 32)]
+
+
+def _expected_keys(view) -> set[str]:
+    """The parameter keys a recipe's steps draw, written out from the recipe's fields."""
+    keys = {"pad": {"top", "left"}, "random_resized": {"top", "left", "height", "width"}, "resize": set()}[view.crop]
+    keys |= {"flip"} if view.flip else set()
+    keys |= {"policy", "op", "magnitude"} if view.policy == "autoaugment" else set()
+    keys |= {"angle", "scale"} if view.affine else set()
+    keys |= {"brightness", "contrast", "saturation", "hue"} if view.jitter else set()
+    keys |= {"gray"} if view.grayscale else set()
+    keys |= {"sigma"} if view.blur else set()
+    return keys | ({"cut_y", "cut_x"} if view.cutout else set())
+
+
+@pytest.mark.parametrize("preset", batched.DEVICE_PRESETS)
+def test_batched_views_draw_what_their_recipe_lists(preset, images):
+    params = batched.BatchViewAugment(preset, 32, ViewsConfig()).sample_params(images, _generator(0))
+    assert set(params) == _expected_keys(RECIPES[preset])
+
+
+def test_both_pipelines_read_the_one_recipe_table(monkeypatch, images):
+    """Editing a recipe changes the PIL and the batched pipeline alike: no second copy of the numbers exists."""
+    simclr = RECIPES["simclr"]
+    monkeypatch.setitem(RECIPES, "simclr", dataclasses.replace(simclr, blur=0.0, grayscale=0.0, crop_scale=(1, 1)))
+    names = [type(step).__name__ for step in build_train_transform("simclr", 32, ViewsConfig()).transforms]
+    assert "RandomGrayscale" not in names and len(names) == 4  # crop, flip, jitter, normalise
+    augment = batched.BatchViewAugment("simclr", 32, ViewsConfig())
+    params = augment.sample_params(images, _generator(0))
+    assert "sigma" not in params and "gray" not in params
+    assert (params["height"] * params["width"] > 0.95 * 32 * 32).all()  # scale (1, 1): nearly the whole image
+    monkeypatch.setitem(RECIPES, "simclr", dataclasses.replace(simclr, cutout=8))
+    assert batched.BatchViewAugment("simclr", 24, ViewsConfig()).cutout_length == 6
+    assert type(build_train_transform("simclr", 24, ViewsConfig()).transforms[-1]).__name__ == "Cutout"
+
+
+def test_model_normalisation_reaches_the_batched_pipeline(images):
+    spec = SimpleNamespace(size=24, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    cfg = resolve_views(ViewsConfig(normalization="model", sizes=[0], test_size=0), spec)
+    (view,) = batched.build_batch_views(dataclasses.replace(cfg, num_views=1))
+    assert view.size == 24 and (view.mean, view.std) == (spec.mean, spec.std)
+    torch.testing.assert_close(batched.normalize_batch(images, cfg), (images - 0.5) / 0.25)
+    with pytest.raises(ValueError, match="views.normalization 'model'"):
+        batched.BatchViewAugment("none", 32, ViewsConfig(normalization="model"))
 
 
 @pytest.mark.parametrize("preset", ["randaugment", "randaugstack", "autoaugment"])
 def test_unsupported_preset_names_it_and_the_supported_list(preset):
     with pytest.raises(ValueError, match=rf"'{preset}'.*simclr.*digits_simclr"):
-        ba.BatchViewAugment(preset, 32, ViewsConfig())
+        batched.BatchViewAugment(preset, 32, ViewsConfig())
     with pytest.raises(ValueError, match=preset):
-        ba.build_batch_views(ViewsConfig(presets=["simclr", preset]))
+        batched.build_batch_views(ViewsConfig(presets=["simclr", preset]))
 
 
 def test_bad_configuration_and_inputs_raise_clear_errors(images, uint8_images):
     with pytest.raises(ValueError, match="positive number of pixels"):
-        ba.BatchViewAugment("simclr", 0, ViewsConfig())
+        batched.BatchViewAugment("simclr", 0, ViewsConfig())
     with pytest.raises(ValueError, match="positive number of pixels"):
-        ba.BatchViewAugment("simclr", True, ViewsConfig())
+        batched.BatchViewAugment("simclr", True, ViewsConfig())
     with pytest.raises(ValueError, match="views.normalization.*'cifar100'"):
-        ba.BatchViewAugment("none", 32, ViewsConfig(normalization="cifar100"))
+        batched.BatchViewAugment("none", 32, ViewsConfig(normalization="cifar100"))
     with pytest.raises(ValueError, match="views.cutout_fill.*'grey'"):
-        ba.BatchViewAugment("cifar_autoaugment_cutout", 32, ViewsConfig(cutout_fill="grey"))
-    with pytest.raises(ValueError, match="views.presets has 5 entries"):
-        ba.build_batch_views(ViewsConfig(presets=["none"] * 5))
-    augment = ba.BatchViewAugment("simclr", 32, ViewsConfig())
+        batched.BatchViewAugment("cifar_autoaugment_cutout", 32, ViewsConfig(cutout_fill="grey"))
+    with pytest.raises(ValueError, match="views.sizes entry is 0"):
+        batched.build_batch_views(ViewsConfig(sizes=[32, 0]))
+    augment = batched.BatchViewAugment("simclr", 32, ViewsConfig())
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\), got \(3, 32, 32\)"):
         augment(images[0], _generator(0))
     with pytest.raises(ValueError, match="float images.*torch.uint8"):
@@ -498,4 +551,4 @@ def test_bad_configuration_and_inputs_raise_clear_errors(images, uint8_images):
     with pytest.raises(ValueError, match="torch.Generator.*got int"):
         augment(images, 0)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\), got \(22, 1, 32, 32\)"):
-        ba.normalize_batch(images[:, :1], ViewsConfig())
+        batched.normalize_batch(images[:, :1], ViewsConfig())

@@ -1,5 +1,5 @@
 """The fast path for in-memory datasets: the whole uint8 training set lives on the training device, and every
-view of a batch is augmented there with batched tensor ops (``ltcl.data.batch_augment``).
+view of a batch is augmented there with batched tensor ops (``ltcl.data.augment.batched``).
 
 On a GPU this removes the loader processes, the per-image PIL work and the host-to-device copies that limit small
 models such as ResNet-32 on CIFAR (``data.augment_on: device``). Batches are the same global batches as the standard
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ltcl.config import Config
 from ltcl.data.sampling import EpochBatchSampler
-from ltcl.data.views import MultiViewBatch, contrastive_mask, group_by_size
+from ltcl.data.views import assemble_views
 
 _MIX = (1_000_003, 10_007, 101)
 
@@ -42,9 +42,10 @@ class DeviceViewLoader:
         device: where images live and augmentations run.
     """
 
-    def __init__(self, cfg: Config, dataset, sampler: EpochBatchSampler, view_counts: Tensor,
-                 device: torch.device) -> None:
-        from ltcl.data.batch_augment import build_batch_views
+    def __init__(
+        self, cfg: Config, dataset, sampler: EpochBatchSampler, view_counts: Tensor, device: torch.device
+    ) -> None:
+        from ltcl.data.augment import build_batch_views
 
         self.views = build_batch_views(cfg.views)
         self.images, self.labels = resident_images(dataset, device)
@@ -52,7 +53,6 @@ class DeviceViewLoader:
         self.view_counts = view_counts.to(device)
         self.device = device
         self.seed = cfg.train.seed
-        self.group_views = group_by_size([(a.size, a.size) for a in self.views])
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -66,10 +66,7 @@ class DeviceViewLoader:
             generator.manual_seed(self.seed * _MIX[0] + epoch * _MIX[1] + b * _MIX[2] + rank)
             pixels = self.images.index_select(0, index).float().div_(255.0)
             labels = self.labels.index_select(0, index)
-            views = [augment(pixels, generator) for augment in self.views]
-            groups = [torch.cat([views[v] for v in vs]) for vs in self.group_views]
-            mask = contrastive_mask(self.view_counts, labels, len(views))
-            yield MultiViewBatch(groups, [list(vs) for vs in self.group_views], labels, mask)
+            yield assemble_views([augment(pixels, generator) for augment in self.views], labels, self.view_counts)
 
 
 class DeviceEvalBatches:
@@ -78,9 +75,10 @@ class DeviceEvalBatches:
     Only used when the test transform is plain normalisation (no resize or crop), as for CIFAR and digits.
     """
 
-    def __init__(self, cfg: Config, dataset, device: torch.device, batch_size: int, rank: int = 0,
-                 world_size: int = 1) -> None:
-        from ltcl.data.batch_augment import normalize_batch
+    def __init__(
+        self, cfg: Config, dataset, device: torch.device, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        from ltcl.data.augment import normalize_batch
 
         images, labels = resident_images(dataset, device)
         self.images = normalize_batch(images[rank::world_size].float().div_(255.0), cfg.views)
@@ -98,5 +96,5 @@ class DeviceEvalBatches:
 def device_eval_supported(cfg: Config, dataset) -> bool:
     """Whether the split can be evaluated from resident tensors (in memory, test transform = normalisation)."""
     images = getattr(dataset, "images", None)
-    return (images is not None and cfg.views.test_resize == 0 and images.shape[1] == images.shape[2]
-            == cfg.views.test_size)
+    side = cfg.views.test_size
+    return images is not None and cfg.views.test_resize in (0, side) and images.shape[1] == images.shape[2] == side

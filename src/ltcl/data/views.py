@@ -8,18 +8,19 @@ stacks the views of each size into one tensor so that the model runs one forward
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch import Tensor
 
 from ltcl.config import ViewsConfig
-from ltcl.data.augment import PRESETS, build_train_transform
+from ltcl.config.schema import ContrastiveMode
+from ltcl.data.augment import build_train_transform, check_num_views, view_plan
 from ltcl.data.longtail import shot_groups
-
-CONTRASTIVE_MODES = ("distribution_aware", "uniform")
 
 
 class MultiViewTransform:
@@ -46,34 +47,9 @@ class MultiViewTransform:
         return "MultiViewTransform(\n" + "\n".join(lines) + "\n)"
 
 
-def _per_view(values: Sequence, key: str, num_views: int) -> list:
-    """Expands a per-view list: when shorter than ``num_views`` its last entry repeats."""
-    if len(values) == 0:
-        raise ValueError(f"{key} must list at least one entry.")
-    if len(values) > num_views:
-        raise ValueError(
-            f"{key} has {len(values)} entries but views.num_views is {num_views}; give at most one per view."
-        )
-    return [values[min(v, len(values) - 1)] for v in range(num_views)]
-
-
-def _check_num_views(views_cfg: ViewsConfig) -> int:
-    if views_cfg.num_views < 1:
-        raise ValueError(f"views.num_views must be at least 1, got {views_cfg.num_views}.")
-    return views_cfg.num_views
-
-
 def build_multiview_transform(views_cfg: ViewsConfig) -> MultiViewTransform:
-    """Builds the V = ``num_views`` view transforms from the per-view ``presets`` and ``sizes``."""
-    num_views = _check_num_views(views_cfg)
-    presets = _per_view(views_cfg.presets, "views.presets", num_views)
-    sizes = _per_view(views_cfg.sizes, "views.sizes", num_views)
-    unknown = [p for p in presets if p not in PRESETS]
-    if unknown:
-        raise ValueError(f"views.presets names unknown preset {unknown[0]!r}; known presets: {', '.join(PRESETS)}.")
-    if any(s < 1 for s in sizes):
-        raise ValueError(f"views.sizes must hold positive sides in pixels, got {list(views_cfg.sizes)}.")
-    return MultiViewTransform([build_train_transform(p, s, views_cfg) for p, s in zip(presets, sizes)])
+    """Builds the V = ``num_views`` view transforms from the per-view ``presets`` and ``sizes`` (``view_plan``)."""
+    return MultiViewTransform([build_train_transform(p, s, views_cfg) for p, s in view_plan(views_cfg)])
 
 
 def contrastive_view_counts(
@@ -91,7 +67,7 @@ def contrastive_view_counts(
     Returns:
         LongTensor (C,) with entries in 1..num_views.
     """
-    num_views = _check_num_views(views_cfg)
+    num_views = check_num_views(views_cfg)
     counts = torch.as_tensor(train_counts, dtype=torch.long)
     if counts.ndim != 1 or counts.numel() == 0:
         shape = tuple(counts.shape)
@@ -100,7 +76,7 @@ def contrastive_view_counts(
     if mode == "uniform":
         return torch.full_like(counts, num_views)
     if mode != "distribution_aware":
-        known = ", ".join(CONTRASTIVE_MODES)
+        known = ", ".join(get_args(ContrastiveMode))
         raise ValueError(f"views.contrastive_mode must be one of {known}; got {mode!r}.")
     per_group = list(views_cfg.contrastive_views)
     if len(per_group) != 3 or not all(k >= 1 for k in per_group):
@@ -175,8 +151,13 @@ class MultiViewBatch:
         order = [v for views in self.group_views for v in views]
         if order == list(range(len(order))):  # views already in order (e.g. a single size): no gather needed
             return stacked
-        inverse = torch.argsort(torch.tensor(order)).to(stacked.device)
-        return stacked.index_select(0, inverse)
+        return stacked.index_select(0, _inverse_order(tuple(order), stacked.device))
+
+
+@functools.lru_cache(maxsize=32)
+def _inverse_order(order: tuple[int, ...], device: torch.device) -> Tensor:
+    """The permutation that undoes ``order``, made once per device (a copy to the GPU per step makes the host wait)."""
+    return torch.argsort(torch.tensor(order)).to(device)
 
 
 def group_by_size(sizes: Sequence[tuple[int, ...]]) -> list[list[int]]:
@@ -192,6 +173,22 @@ def contrastive_mask(view_counts: Tensor, labels: Tensor, num_views: int) -> Ten
     """(V, B) bool: view v of image b feeds the contrastive loss iff v < view_counts[labels[b]]."""
     k = view_counts[labels]
     return torch.arange(num_views, device=labels.device).unsqueeze(1) < k.unsqueeze(0)
+
+
+def assemble_views(views: Sequence[Tensor], labels: Tensor, view_counts: Tensor) -> MultiViewBatch:
+    """A :class:`MultiViewBatch` from V whole-batch views of the same B images (the batched pipeline's output).
+
+    Args:
+        views: V tensors, view v of shape (B, 3, S_v, S_v).
+        labels: (B,) int64.
+        view_counts: (C,) int64 views per image of each class that feed the contrastive loss.
+
+    Returns:
+        The batch grouped by size as :class:`MultiViewCollate` groups it; a group of one view reuses its tensor.
+    """
+    group_views = group_by_size([tuple(view.shape[-2:]) for view in views])
+    groups = [views[vs[0]] if len(vs) == 1 else torch.cat([views[v] for v in vs]) for vs in group_views]
+    return MultiViewBatch(groups, group_views, labels, contrastive_mask(view_counts, labels, len(views)))
 
 
 class MultiViewCollate:
@@ -215,10 +212,8 @@ class MultiViewCollate:
         num_views = len(items[0][0])
         if any(len(views) != num_views for views, _ in items):
             raise ValueError(f"Every image in a batch must have the same number of views ({num_views}).")
+        # Label values were checked when the dataset was built; a training step never re-checks them.
         labels = torch.as_tensor([int(label) for _, label in items], dtype=torch.long)
-        num_classes = self.view_counts.numel()
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"Batch labels must lie in 0..{num_classes - 1}, got {labels.tolist()}.")
 
         group_views = group_by_size([tuple(view.shape[-2:]) for view in items[0][0]])
         groups = [torch.stack([views[v] for v in vs for views, _ in items]) for vs in group_views]
