@@ -197,8 +197,8 @@ def test_device_augmentation_is_reproducible_and_resumes_exactly(tmp_path):
     for name in ("a", "b"):
         ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / name}"))
     killed = tmp_path / "killed"
-    proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed}"), env={TEST_SIGNAL_AT_STEP: "5:KILL"},
-                check=False)
+    proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed}"),
+                env={TEST_SIGNAL_AT_STEP: "5:KILL"}, check=False)
     assert proc.returncode == -signal.SIGKILL
     ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed}"),
          "--resume", str(killed / "digits_lt" / "checkpoint_last.pt"))

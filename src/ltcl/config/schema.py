@@ -13,9 +13,7 @@ from typing import Any, Literal
 Dataset = Literal["digits_lt", "cifar10_lt", "cifar100_lt", "imagenet_lt", "places_lt", "inat2018", "image_folder"]
 ImbalanceProfile = Literal["exp", "step"]
 AugmentOn = Literal["loader", "device"]
-Preset = Literal[
-    "cifar_autoaugment_cutout", "simclr", "randaugment", "randaugstack", "digits", "digits_simclr", "none"
-]
+Preset = Literal["cifar_autoaugment_cutout", "simclr", "randaugment", "randaugstack", "digits", "digits_simclr", "none"]
 ContrastiveMode = Literal["distribution_aware", "uniform"]
 Normalization = Literal["cifar", "imagenet", "model"]
 CutoutFill = Literal["mean", "black"]
@@ -127,7 +125,9 @@ class LossConfig:
     drw_beta: float = 0.9999  # effective-number class weights (1 - beta) / (1 - beta^n_j)
     # GPaCo (Cui et al. 2023): weights of the sample positives, of the own-centre positive, and of the sample
     # terms in the denominator
-    gpaco_alpha: float = 0.05
+    # Defaults: the authors' CIFAR-100-LT scripts (Parametric-Contrastive-Learning, PaCo/LT/sh/CIFAR100_train_imb0.01.sh
+    # --alpha 0.01 --beta 1.0 --gamma 1.0; GPaCo/LT/sh/CIFAR/CIFAR100_train.sh also uses alpha 0.01)
+    gpaco_alpha: float = 0.01
     gpaco_beta: float = 1.0
     gpaco_gamma: float = 1.0
 

@@ -103,12 +103,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"Checkpoint {path} is a directory, not a checkpoint file{hint}.")
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+    with path.open("rb") as file:
+        starts_like_zip = file.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+    if not zipfile.is_zipfile(path):
+        what = "is truncated or damaged" if starts_like_zip else "is not a PyTorch checkpoint written by ltcl"
+        raise ValueError(f"Checkpoint {path} {what}, so it was not loaded.")
     try:
         contents = torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, RuntimeError) as err:
-        damaged = isinstance(err, (zipfile.BadZipFile, EOFError)) or "zip archive" in str(err)
-        what = "is truncated or damaged" if damaged else "is not a PyTorch checkpoint written by ltcl"
-        raise ValueError(f"Checkpoint {path} {what}, so it was not loaded.") from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError):
+        raise ValueError(f"Checkpoint {path} is truncated or damaged, so it was not loaded.") from None
     except Exception:  # weights_only refusals (pickled objects) and anything else: never retry unsafely
         raise ValueError(
             f"Checkpoint {path} holds objects other than tensors and plain values (it was not written "

@@ -9,6 +9,7 @@ from ltcl.config import Config
 from ltcl.data.build import DataBundle
 from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 from ltcl.engine.evaluate import ACCURACY_COLUMNS, format_cell
+from ltcl.engine.objective import uses_projections
 from ltcl.engine.recipe import ParameterCounts
 
 
@@ -31,7 +32,7 @@ def header(
     groups = shot_groups(counts, many=cfg.data.many_threshold, few=cfg.data.few_threshold)
     group_sizes = " / ".join(f"{name} {int((groups == g).sum())}" for g, name in enumerate(SHOT_GROUPS))
     m, loss, o, v = cfg.model, cfg.loss, cfg.optim, cfg.views
-    contrasts = "+" in loss.objective or loss.objective == "gpaco"
+    contrasts = uses_projections(loss.objective)
     head = f"projection {m.projection_hidden}-{m.projection_dim}" if contrasts else "no projection head"
     contrastive = f", alpha {loss.alpha}, tau {loss.temperature}" if contrasts else ""
     views = f"{v.num_views} view(s) {list(v.sizes)[: v.num_views]} px, contrastive views {v.contrastive_mode}"

@@ -18,12 +18,20 @@ from ltcl.losses.functional import gradient_conflict_counts
 
 
 class MultiViewForward(nn.Module):
-    """Runs the network once per view-size group, so that DDP sees a single forward per step."""
+    """Runs the network once per view-size group, so that DDP sees a single forward per step.
 
-    def __init__(self, network: nn.Module, run: nn.Module | None = None) -> None:
+    Args:
+        network: the model.
+        run: the same model compiled (train.compile), or None.
+        heads: the objective's modules with parameters (BCL's prototype head), held here so that DDP averages
+            their gradients with the network's.
+    """
+
+    def __init__(self, network: nn.Module, run: nn.Module | None = None, heads: nn.Module | None = None) -> None:
         super().__init__()
         self.network = network
         self.run = run if run is not None else network  # compiled when train.compile is on (same parameters)
+        self.heads = heads
 
     def forward(self, groups: list[Tensor], with_projection: bool):
         return [self.run(images, with_projection=with_projection) for images in groups]
@@ -43,7 +51,11 @@ def multiview_objective(forward: nn.Module, objective: nn.Module, batch: MultiVi
         projections = batch.reassemble([o.projections for o in outputs]).flatten(0, 1)
     labels = batch.labels.repeat(batch.num_views)
     mask = batch.contrastive_mask.flatten()
-    loss, parts = objective(logits, labels, projections, mask)
+    classifier_weight = None
+    if getattr(objective, "prototype_head", None) is not None:
+        network = forward.module.network if hasattr(forward, "module") else forward.network  # DDP wraps it
+        classifier_weight = network.classifier.weight
+    loss, parts = objective(logits, labels, projections, mask, classifier_weight)
     return loss, parts, logits, labels, projections, mask
 
 

@@ -86,12 +86,22 @@ class StepMonitor:
         return bool(all_reduce_sum(vote) > 0)
 
     def save_last(self) -> None:
-        self.sync()
+        self.sync(weights=True)
         self.checkpointer.save_last(self.state)
 
-    def sync(self) -> None:
-        """Reads the device statistics (one transfer); raises NonFiniteLoss when a loss was not finite."""
+    def sync(self, weights: bool = False) -> None:
+        """Reads the device statistics (one transfer); raises NonFiniteLoss when a loss was not finite, or, with
+        ``weights``, when a parameter or buffer is (a finite loss can still give an update that overflows, and
+        BatchNorm statistics can overflow with finite weights)."""
         state = self.state
+        tensors = [t for t in state.model.state_dict().values() if t.is_floating_point()] if weights else []
+        if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+            lr = learning_rate(state.cfg.optim, state.global_step - 1, state.steps_per_epoch)
+            raise NonFiniteLoss(
+                f"The model's weights or statistics became non-finite in epoch {state.epoch + 1} (by global step "
+                f"{state.global_step}, learning rate {lr:.4g}) although every loss was finite; the run stopped "
+                "without saving. Hint: lower optim.lr or use optim.warmup_epochs."
+            )
         flag = state.nonfinite
         values = torch.cat([state.progress.sums[[0, 4]], flag.first_step.double()[None], flag.parts.double()])
         loss_sum, images, first_bad, *parts = values.tolist()

@@ -19,7 +19,7 @@ from ltcl.data.device_loader import DeviceEvalBatches, DeviceViewLoader, device_
 from ltcl.data.sampling import EpochBatchSampler, SeededDataset, ShardSampler
 from ltcl.data.views import MultiViewCollate
 from ltcl.engine.distributed import DistributedContext
-from ltcl.engine.objective import parse_objective
+from ltcl.engine.objective import uses_projections
 from ltcl.models import apply_trainable, build_network
 
 
@@ -42,7 +42,7 @@ def build_model(
         The model and its trainable / total parameter counts (elements).
     """
     model_cfg = cfg.model
-    if parse_objective(cfg.loss.objective)[1] is None:
+    if not uses_projections(cfg.loss.objective):
         model_cfg = replace(model_cfg, projection_dim=0)  # no contrastive term: no head (DDP needs every param used)
     if not load_weights:
         model_cfg = replace(model_cfg, weights="")

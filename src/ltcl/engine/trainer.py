@@ -149,11 +149,20 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> T
     model, params = build_model(
         cfg, data.num_classes, ctx.device, load_weights=resume is None, sync_bn=cfg.model.sync_bn and ctx.enabled
     )
-    objective = Objective(cfg.loss, data.train_counts, cfg.model.projection_dim, gather_distributed=ctx.enabled)
+    objective = Objective(
+        cfg.loss,
+        data.train_counts,
+        projection_dim=cfg.model.projection_dim,
+        feature_dim=model.feature_dim,
+        hidden_dim=cfg.model.projection_hidden,
+        epochs=cfg.optim.epochs,
+        gather_distributed=ctx.enabled,
+    )
     objective.to(ctx.device)
-    optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    heads = objective.trainable_heads()
+    optimizer = build_optimizer(cfg, [p for p in [*model.parameters(), *heads.parameters()] if p.requires_grad])
     run = torch.compile(model) if cfg.train.compile else model
-    forward: nn.Module = MultiViewForward(model, run)
+    forward: nn.Module = MultiViewForward(model, run, heads)
     if ctx.enabled:
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
@@ -227,12 +236,13 @@ def _epochs(
         monitor = StepMonitor(state, checkpointer, guard, show_progress_bar(cfg.train.progress, ctx.is_main))
         while state.epoch < cfg.optim.epochs:
             sampler.set_epoch(state.epoch, state.batch)
+            state.objective.set_epoch(state.epoch)
             monitor.start_epoch()
             finished = train_one_epoch(state, loader, monitor)
             monitor.end_epoch()
             if not finished:
                 raise monitor.interrupted()
-            monitor.sync()  # a non-finite loss stops the run here, before anything is evaluated or saved
+            monitor.sync(weights=True)  # a non-finite loss or weight stops the run here, before any evaluation or save
             row, conflicts = _epoch_row(state)
             state.epoch, state.batch = state.epoch + 1, 0
             state.progress = EpochProgress.empty(data.num_classes, ctx.device)
@@ -276,7 +286,7 @@ def _epoch_row(state: TrainState) -> tuple[dict, torch.Tensor | None]:
         "lr": learning_rate(state.cfg.optim, state.global_step - 1, state.steps_per_epoch),
         "loss": sums[0] / seen,
         "loss_cls": sums[1] / seen,
-        "loss_con": sums[2] / seen if state.objective.needs_projections else None,
+        "loss_con": sums[2] / seen if state.objective.contrastive is not None else None,
         "train_acc": 100.0 * sums[3] / seen,
         "images_per_s": sums[4] / max(progress.seconds, 1e-9),
         "epoch_seconds": progress.seconds,
