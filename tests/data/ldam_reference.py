@@ -29,3 +29,20 @@ def ldam_gen_imbalanced_indices(targets, img_num_per_cls, seed=0):
         return np.concatenate(kept)
     finally:
         np.random.set_state(saved)
+
+
+def ldam_class_permutations(targets, seed=0):
+    """The per-class shuffles of ``gen_imbalanced_data`` (global RNG, class order): {class: its shuffled indices}.
+    LDAM keeps the first ``img_num`` of each; a validation split takes the ones right after."""
+    saved = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        targets_np = np.array(targets, dtype=np.int64)
+        shuffled = {}
+        for the_class in np.unique(targets_np):
+            idx = np.where(targets_np == the_class)[0]
+            np.random.shuffle(idx)
+            shuffled[int(the_class)] = idx
+        return shuffled
+    finally:
+        np.random.set_state(saved)

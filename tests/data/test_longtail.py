@@ -1,11 +1,21 @@
 """Long-tail mechanics against LDAM-DRW's own rules, re-implemented here with the global NumPy RNG."""
 
+import typing
+
 import numpy as np
 import pytest
 import torch
 
-from ltcl.data.longtail import longtail_counts, select_longtail_indices, shot_groups
-from tests.data.ldam_reference import ldam_gen_imbalanced_indices, ldam_img_num_per_cls
+from ltcl.config.schema import ImbalanceProfile
+from ltcl.data.longtail import (
+    PROFILES,
+    longtail_counts,
+    longtail_counts_by_size,
+    select_longtail_indices,
+    select_longtail_split,
+    shot_groups,
+)
+from tests.data.ldam_reference import ldam_class_permutations, ldam_gen_imbalanced_indices, ldam_img_num_per_cls
 
 
 @pytest.mark.parametrize(
@@ -26,12 +36,7 @@ def test_cifar10_if100_counts_are_ldams():
 @pytest.mark.parametrize("profile", ["exp", "step"])
 @pytest.mark.parametrize(
     "num_classes, max_count, factor",
-    [
-        (c, m, f)
-        for c, m in [(10, 5000), (100, 500), (7, 37), (2, 9)]
-        for f in (1, 2.5, 10, 50, 100)
-        if m >= f
-    ],
+    [(c, m, f) for c, m in [(10, 5000), (100, 500), (7, 37), (2, 9)] for f in (1, 2.5, 10, 50, 100) if m >= f],
 )
 def test_counts_match_ldam(profile, num_classes, max_count, factor):
     ours = longtail_counts(num_classes, max_count, factor, profile)
@@ -93,9 +98,7 @@ def test_seed_changes_the_selection_like_ldams_rand_number():
     np.testing.assert_array_equal(
         select_longtail_indices(labels, counts, seed=3), ldam_gen_imbalanced_indices(labels, counts, seed=3)
     )
-    assert not np.array_equal(
-        select_longtail_indices(labels, counts, seed=3), select_longtail_indices(labels, counts)
-    )
+    assert not np.array_equal(select_longtail_indices(labels, counts, seed=3), select_longtail_indices(labels, counts))
 
 
 def test_same_within_class_positions_on_any_order():
@@ -134,3 +137,45 @@ def test_shot_group_boundaries():
 def test_cifar100_shot_group_sizes(factor, sizes):
     groups = shot_groups(longtail_counts(100, 500, factor))
     assert tuple(torch.bincount(groups, minlength=3).tolist()) == sizes
+
+
+@pytest.mark.parametrize("val_per_class", [0, 1, 7, 10_000])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_split_is_ldams_subset_plus_the_next_images(val_per_class, seed):
+    labels = np.random.default_rng(5).permutation(np.repeat(np.arange(6), 40))
+    counts = longtail_counts(6, 40, 10)
+    train, val = select_longtail_split(labels, counts, seed, val_per_class)
+    np.testing.assert_array_equal(train, select_longtail_indices(labels, counts, seed))
+    np.testing.assert_array_equal(train, ldam_gen_imbalanced_indices(labels, counts, seed))
+    permutations = ldam_class_permutations(labels, seed)
+    expected = np.concatenate([permutations[c][n : n + val_per_class] for c, n in enumerate(counts)])
+    np.testing.assert_array_equal(val, expected)
+    assert train.dtype == val.dtype == np.int64 and not np.intersect1d(train, val).size
+    assert np.bincount(labels[val], minlength=6).tolist() == [min(val_per_class, 40 - n) for n in counts]
+
+
+def test_split_arguments_are_checked():
+    with pytest.raises(ValueError, match="val_per_class must be an integer >= 0, got -1"):
+        select_longtail_split([0, 1], [1, 1], val_per_class=-1)
+    with pytest.raises(ValueError, match="val_per_class"):
+        select_longtail_split([0, 1], [1, 1], val_per_class=1.5)
+
+
+def test_counts_by_size_ties_and_caps():
+    assert longtail_counts_by_size([5, 9, 9, 2], 1) == [5, 9, 9, 2]
+    # Ties by class index: class 1 ranks before class 2.
+    assert longtail_counts_by_size([5, 9, 9, 2], 9) == [
+        min(5, longtail_counts(4, 9, 9)[2]),
+        9,
+        longtail_counts(4, 9, 9)[1],
+        min(2, longtail_counts(4, 9, 9)[3]),
+    ]
+    # Never more than a class has: the second-largest class is far smaller than its target.
+    assert longtail_counts_by_size([200, 190, 5], 2) == [200, 141, 5]
+    assert longtail_counts_by_size([200, 190, 5], 2, "step") == [200, 100, 5]
+    with pytest.raises(ValueError, match="sizes"):
+        longtail_counts_by_size([3, 0], 2)
+
+
+def test_profiles_are_the_configs():
+    assert PROFILES == typing.get_args(ImbalanceProfile) == ("exp", "step")

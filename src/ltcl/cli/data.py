@@ -14,7 +14,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     from ltcl.config import load_config
     from ltcl.data.build import build_data, describe, format_description
-    from ltcl.data.datasets import check_images
+    from ltcl.data.datasets import LEFT_OUT, check_images
 
     cfg = load_config(args.config, args.overrides)
     bundle = build_data(cfg)
@@ -27,7 +27,13 @@ def cmd_data(args: argparse.Namespace) -> int:
             with tqdm(total=len(dataset), desc=f"checking {split}", disable=not sys.stderr.isatty()) as bar:
                 problems += [(split, *p) for p in check_images(dataset, progress=bar.update)]
         info["problems"] = [{"split": s, "image": where, "reason": why} for s, where, why in problems]
+    left_out = [p for p in problems if p[2].endswith(LEFT_OUT)]  # data.skip_corrupt dropped them: a note only
+    problems = [p for p in problems if not p[2].endswith(LEFT_OUT)]
     print(json.dumps(info) if args.json else format_description(info))
+    if left_out and not args.json:
+        print(f"note: {len(left_out)} unreadable image(s) are left out (data.skip_corrupt):")
+        for split, where, why in left_out:
+            print(f"  {split}: {where}: {why.removesuffix(LEFT_OUT)}")
     if problems:
         if not args.json:
             for split, where, why in problems:

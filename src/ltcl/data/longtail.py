@@ -5,23 +5,26 @@ The CIFAR-LT subsets of every published anchor come from LDAM-DRW's ``IMBALANCEC
 order, ``np.random.shuffle`` of that class's indices and the first ``n_i`` of them (reference.md section 2).
 The functions here reproduce that rule exactly, with a private ``RandomState`` so that the global NumPy RNG is
 left untouched (a legacy ``RandomState(seed)`` draws the same numbers as ``np.random.seed(seed)`` followed by
-the global calls; the tests check it).
+the global calls; the tests check it). :func:`select_longtail_split` also takes a class-balanced validation set
+from the images that subset leaves unused, and :func:`longtail_counts_by_size` ranks classes by their own sizes
+(a user's class folders, whose index order says nothing about size).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import get_args
 
 import numpy as np
 import torch
 
-PROFILES = ("exp", "step")
+from ltcl.config.schema import ImbalanceProfile
+
+PROFILES = get_args(ImbalanceProfile)  # the config's legal values: one list, in the schema
 SHOT_GROUPS = ("many", "medium", "few")  # names of the indices 0, 1, 2 that shot_groups returns
 
 
-def longtail_counts(
-    num_classes: int, max_count: int, imbalance_factor: float, profile: str = "exp"
-) -> list[int]:
+def longtail_counts(num_classes: int, max_count: int, imbalance_factor: float, profile: str = "exp") -> list[int]:
     """Images per class of a long-tailed subset, largest class first.
 
     Args:
@@ -64,9 +67,34 @@ def longtail_counts(
     return counts
 
 
-def select_longtail_indices(
-    labels: Sequence[int] | np.ndarray, counts: Sequence[int], seed: int = 0
-) -> np.ndarray:
+def longtail_counts_by_size(
+    sizes: Sequence[int] | np.ndarray, imbalance_factor: float, profile: str = "exp"
+) -> list[int]:
+    """Images per class of a long-tailed subset of classes that come with their own sizes (a user's folders).
+
+    The profile follows the classes' sizes, not their index: the r-th largest class (ties broken by class
+    index) gets the r-th count of ``longtail_counts(C, max(sizes), imbalance_factor, profile)``, and no class
+    is asked for more images than it has.
+
+    Args:
+        sizes: (C,) images available per class, each >= 1.
+        imbalance_factor: IF >= 1 (1 keeps every image).
+        profile: ``"exp"`` or ``"step"``, as in :func:`longtail_counts`.
+
+    Returns:
+        C integers, one per class index, each ``<= sizes[c]``.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.ndim != 1 or not sizes.size or sizes.min() < 1:
+        raise ValueError(f"sizes must be a non-empty list of integers >= 1, got {sizes.tolist()}.")
+    targets = np.asarray(longtail_counts(len(sizes), int(sizes.max()), imbalance_factor, profile), dtype=np.int64)
+    by_size = np.argsort(-sizes, kind="stable")  # largest first; stable: equal sizes keep class-index order
+    counts = np.empty_like(sizes)
+    counts[by_size] = targets
+    return np.minimum(counts, sizes).tolist()
+
+
+def select_longtail_indices(labels: Sequence[int] | np.ndarray, counts: Sequence[int], seed: int = 0) -> np.ndarray:
     """Dataset indices of the LDAM-compatible long-tailed subset.
 
     For each class c in index order: the indices of class c in dataset order are shuffled with the RNG seeded
@@ -82,27 +110,50 @@ def select_longtail_indices(
     Returns:
         (M,) int64 array of dataset indices, class by class (LDAM's order), M = sum of the kept counts.
     """
+    return select_longtail_split(labels, counts, seed)[0]
+
+
+def select_longtail_split(
+    labels: Sequence[int] | np.ndarray, counts: Sequence[int], seed: int = 0, val_per_class: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The long-tailed training subset and a class-balanced validation set from the images it leaves unused.
+
+    Each class's indices are shuffled exactly as in :func:`select_longtail_indices` (so the training part is
+    that function's result, image for image); the validation part of class c is the next ``val_per_class``
+    images of that same permutation, right after the ``counts[c]`` kept ones. A class whose training part
+    takes all its images (the head class of CIFAR-10-LT and CIFAR-100-LT: 5,000 and 500) gets no validation
+    image, so its validation accuracy is undefined (n/a).
+
+    Args:
+        labels: (N,) integer labels in [0, len(counts)).
+        counts: training images to keep per class.
+        seed: the RNG seed (LDAM uses 0).
+        val_per_class: validation images wanted per class (>= 0); a class gets fewer when too few are left.
+
+    Returns:
+        ``(train, val)``: (M,) and (V,) int64 dataset indices, each class by class in index order; disjoint.
+    """
     labels = np.asarray(labels)
     if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
-        raise ValueError(
-            f"labels must be a 1-D integer array, got shape {labels.shape} and dtype {labels.dtype}."
-        )
+        raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} and dtype {labels.dtype}.")
     if labels.size and (labels.min() < 0 or labels.max() >= len(counts)):
-        raise ValueError(
-            f"labels must lie in [0, {len(counts)}) to match counts, got {labels.min()}..{labels.max()}."
-        )
+        raise ValueError(f"labels must lie in [0, {len(counts)}) to match counts, got {labels.min()}..{labels.max()}.")
     if any(int(n) < 0 for n in counts):
         raise ValueError(f"counts must be non-negative, got {list(counts)}.")
+    if isinstance(val_per_class, bool) or not isinstance(val_per_class, (int, np.integer)) or val_per_class < 0:
+        raise ValueError(f"val_per_class must be an integer >= 0, got {val_per_class!r}.")
     rng = np.random.RandomState(seed)
     # Stable sort keeps dataset order inside each class, exactly what np.where(labels == c) yields.
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(len(counts) + 1))
-    kept = []
+    train, val = [], []
     for c, n in enumerate(counts):  # one iteration per class, not per sample
         idx = order[bounds[c] : bounds[c + 1]].astype(np.int64)
-        rng.shuffle(idx)
-        kept.append(idx[: int(n)])
-    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+        rng.shuffle(idx)  # one shuffle per class, whatever val_per_class is: the training part never changes
+        train.append(idx[: int(n)])
+        val.append(idx[int(n) : int(n) + int(val_per_class)])
+    empty = np.zeros(0, dtype=np.int64)
+    return (np.concatenate(train) if train else empty), (np.concatenate(val) if val else empty)
 
 
 def shot_groups(train_counts: Sequence[int] | torch.Tensor, many: int = 100, few: int = 20) -> torch.Tensor:

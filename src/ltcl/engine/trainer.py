@@ -12,29 +12,29 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ltcl import __version__
 from ltcl.config import Config, to_dict
 from ltcl.data.build import DataBundle, build_data
+from ltcl.data.datasets import resolve_data_paths
 from ltcl.dist import all_reduce_sum, barrier
 from ltcl.engine import checkpoint as ckpt
 from ltcl.engine.console import epoch_summary, header
 from ltcl.engine.distributed import DistributedContext, init_distributed, shutdown
 from ltcl.engine.evaluate import EvalResult, evaluate
 from ltcl.engine.interrupts import InterruptGuard
-from ltcl.engine.loop import MultiViewForward, train_one_epoch
+from ltcl.engine.loop import train_one_epoch
 from ltcl.engine.monitor import StepMonitor, show_progress_bar
-from ltcl.engine.objective import Objective, parse_objective
-from ltcl.engine.recipe import build_model, build_optimizer, eval_loader, loader_workers, train_loader
+from ltcl.engine.objective import parse_objective
+from ltcl.engine.recipe import build_train_state, eval_loader, loader_workers, train_loader
 from ltcl.engine.report import code_revision, final_report
 from ltcl.engine.resume import ResumePlan
 from ltcl.engine.rundir import RunDir
-from ltcl.engine.runtime import keep_freed_memory, resolve_amp
+from ltcl.engine.runtime import keep_freed_memory
 from ltcl.engine.schedule import check_schedule, learning_rate
 from ltcl.engine.state import EpochProgress, NonFiniteFlag, TrainState
 
@@ -119,8 +119,16 @@ def _run_facts(cfg: Config, ctx: DistributedContext) -> dict:
     }
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+    """The config with its data and weights paths absolute, so that the saved config and checkpoints work from any
+    working directory."""
+    weights = str(Path(cfg.model.weights).expanduser().resolve()) if cfg.model.weights else ""
+    return replace(cfg, data=resolve_data_paths(cfg.data), model=replace(cfg.model, weights=weights))
+
+
 def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> TrainResult:
     started = time.perf_counter()
+    cfg = with_absolute_paths(cfg)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     run_dir = _run_directory(cfg, resume)
     if resume is not None and resume.finished and run_dir.is_finished():
@@ -140,45 +148,7 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> T
         )
     sampler, loader = train_loader(cfg, data, ctx)
     val_loader, test_loader = eval_loader(cfg, data.val, ctx), eval_loader(cfg, data.test, ctx)
-    steps_per_epoch = len(data.train) // cfg.data.batch_size
-    if cfg.train.max_steps_per_epoch > 0:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-
-    # Model, objective, optimiser
-    amp = resolve_amp(cfg.train.amp, ctx.device)
-    model, params = build_model(
-        cfg, data.num_classes, ctx.device, load_weights=resume is None, sync_bn=cfg.model.sync_bn and ctx.enabled
-    )
-    objective = Objective(
-        cfg.loss,
-        data.train_counts,
-        projection_dim=cfg.model.projection_dim,
-        feature_dim=model.feature_dim,
-        hidden_dim=cfg.model.projection_hidden,
-        epochs=cfg.optim.epochs,
-        gather_distributed=ctx.enabled,
-    )
-    objective.to(ctx.device)
-    heads = objective.trainable_heads()
-    optimizer = build_optimizer(cfg, [p for p in [*model.parameters(), *heads.parameters()] if p.requires_grad])
-    run = torch.compile(model) if cfg.train.compile else model
-    forward: nn.Module = MultiViewForward(model, run, heads)
-    if ctx.enabled:
-        forward = nn.parallel.DistributedDataParallel(
-            forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
-        )
-    state = TrainState(
-        cfg,
-        ctx,
-        model,
-        forward,
-        objective,
-        optimizer,
-        torch.amp.GradScaler("cuda") if amp[0] == "fp16" else None,
-        EpochProgress.empty(data.num_classes, ctx.device),
-        amp[0],
-        steps_per_epoch,
-    )
+    state, params, amp = build_train_state(cfg, data, ctx, load_weights=resume is None)
     if resume is not None:
         ckpt.restore(state, resume.checkpoint)
     state.nonfinite = NonFiniteFlag.create(state.global_step, ctx.device)
@@ -196,11 +166,8 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> T
         run_dir.write_class_counts(data.train_counts, data.class_names, data.view_counts.tolist())
         workers, note = loader_workers(cfg.data.num_workers)
         processes = f"{ctx.world_size} process(es) on {ctx.device}, {workers} loader worker(s)"
-        print(
-            header(
-                cfg, data, params, run_dir=str(run_dir), processes=processes, amp=amp, steps_per_epoch=steps_per_epoch
-            )
-        )
+        steps = state.steps_per_epoch
+        print(header(cfg, data, params, run_dir=str(run_dir), processes=processes, amp=amp, steps_per_epoch=steps))
         for line in ([note] if note else []) + data_notes(data):
             print(f"note: {line}")
         if resume is not None:
