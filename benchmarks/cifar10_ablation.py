@@ -1,98 +1,190 @@
-"""The paper's Table 5/6 ablation at small scale: CIFAR-10-LT IF100, ResNet-32, one short schedule for all.
+"""The paper's ablation (Tables 5-6, Fig. 4b) and its rivals on CIFAR-10-LT IF100, every setting on one budget.
 
-Settings (each a normal ``ltcl train`` run of configs/cifar10_lt_if100_acl.yaml with overrides):
-CE 1 view; BS 1 view; BS 4 views; BS 4 views + SCL (uniform views); + SCL (distribution-aware); + ACL.
+Each run is a plain ``ltcl train`` of configs/cifar10_lt_if100_acl.yaml (ResNet-32, batch 128, lr 0.07, alpha 0.1,
+tau 0.05, 4 views with 2/3/4 contrastive views by shot group, bf16, on-device augmentation) with a short schedule:
+``--epochs`` epochs (20), 1 warm-up epoch then cosine, the validation split (200 unused training images per class,
+none for the head class) evaluated every epoch for checkpoint selection, the test set once at the end.
 
-Resumable: a finished setting (results.json) is skipped, an interrupted one continues from checkpoint_last.pt
-(saved every ``--checkpoint-every`` steps). The table goes to <out>/table.md; the exact commands to
-<out>/commands.sh.
+Resumable: finished runs (results.json) are skipped, a killed one continues from its checkpoint_last.pt (saved
+every ``--checkpoint-every`` steps). After each run its row goes into the results csv (one row per setting, seed
+and schedule length), which ``--table`` turns into the README's table (mean ± std over seeds).
 
-    python benchmarks/cifar10_ablation.py --data ../shared/data/cifar10_jpeg.npz --epochs 8
+    python benchmarks/cifar10_ablation.py --data ../shared/data/cifar10_jpeg.npz            # everything, in order
+    python benchmarks/cifar10_ablation.py --only bs_acl bs_scl_aware --seeds 0 1
+    python benchmarks/cifar10_ablation.py --table                                          # print the table
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ONE_VIEW = ["views.num_views=1", "views.presets=cifar_autoaugment_cutout"]
-SETTINGS = [  # (row label, run name, overrides)
-    ("CE, 1 view", "ce_1view", ["loss.objective=ce", *ONE_VIEW]),
-    ("BS, 1 view", "bs_1view", ["loss.objective=bs", *ONE_VIEW]),
-    ("BS, 4 views", "bs_4views", ["loss.objective=bs"]),
-    ("BS 4 views + SCL (uniform views)", "bs_scl_uniform", ["loss.objective=bs+scl", "views.contrastive_mode=uniform"]),
-    ("BS 4 views + SCL (distribution-aware)", "bs_scl_aware", ["loss.objective=bs+scl"]),
-    ("BS 4 views + ACL (distribution-aware)", "bs_acl", ["loss.objective=bs+acl"]),
-]
+CONFIG = REPO / "configs" / "cifar10_lt_if100_acl.yaml"
+CSV = REPO / "benchmarks" / "results" / "cifar10_lt_ablation.csv"
+COLUMNS = ["setting", "seed", "epochs", "many", "medium", "few", "all", "val_best_all", "revision",
+           "seconds_per_epoch"]  # fmt: skip
+ONE_VIEW = ["views.num_views=1"]  # the first view: AutoAugment + Cutout
+# name -> (table label, overrides of the config); the paper's ablation first, then the rivals
+SETTINGS = {
+    "ce_1view": ("CE, 1 view", ["loss.objective=ce", *ONE_VIEW]),
+    "bs_1view": ("BS, 1 view", ["loss.objective=bs", *ONE_VIEW]),
+    "bs_4views": ("BS, 4 views", ["loss.objective=bs"]),
+    "bs_scl_uniform": ("BS + SCL, uniform views", ["loss.objective=bs+scl", "views.contrastive_mode=uniform"]),
+    "bs_scl_aware": ("BS + SCL, distribution-aware views", ["loss.objective=bs+scl"]),
+    "bs_acl": ("BS + ACL (ours)", ["loss.objective=bs+acl"]),
+    "bs_acl_noweights": ("BS + ACL without negative weights", ["loss.negative_weighting=none"]),
+    "bs_acl_nocenters": ("BS + ACL without class centres", ["loss.use_centers=false"]),
+    # GPaCo: its CIFAR weights (alpha 0.01, beta = gamma = 1) on our views and schedule; it classifies itself.
+    "gpaco": ("GPaCo", ["loss.objective=gpaco"]),
+    # BCL: logit-adjusted CE weighted 2.0 plus BCL weighted 0.6 at tau 0.1 (its paper's CIFAR values).
+    "la_bcl": ("LA + BCL", ["loss.objective=la+bcl", "loss.cls_weight=2.0", "loss.alpha=0.6", "loss.temperature=0.1"]),
+    # LDAM-DRW: cosine logits scaled by s = 30 in the loss, re-weighting from 80% of the epochs.
+    "ldam_drw": ("LDAM-DRW", ["loss.objective=ldam", "model.classifier=cosine", "model.cosine_scale=1.0"]),
+    # The defaults' check (BS + ACL, short schedule): float32 with PIL loader workers (the old default) against
+    # bf16 autocast, in the loader and on the device (the new default).
+    "fp32_loader": (
+        "BS + ACL, float32, PIL loader",
+        ["train.amp=none", "train.channels_last=false", "data.augment_on=loader"],
+    ),
+    "bf16_loader": ("BS + ACL, bf16, PIL loader", ["train.amp=bf16", "data.augment_on=loader"]),
+    "bf16_device": ("BS + ACL, bf16, on-device augmentation", ["train.amp=bf16", "data.augment_on=device"]),
+}
+# The order runs are made in: what the issue asks first, then the second seeds and the rivals.
+PLAN = [
+    ("bs_acl", 0), ("bs_scl_aware", 0), ("bs_4views", 0), ("bs_1view", 0), ("ce_1view", 0), ("bs_scl_uniform", 0),
+    ("bs_acl_noweights", 0), ("bs_acl_nocenters", 0), ("bs_acl", 1), ("bs_scl_aware", 1), ("bs_4views", 1),
+    ("gpaco", 0), ("la_bcl", 0), ("ldam_drw", 0), ("bs_1view", 1), ("ce_1view", 1), ("bs_scl_uniform", 1),
+    ("bs_acl_noweights", 1), ("bs_acl_nocenters", 1), ("gpaco", 1), ("la_bcl", 1), ("ldam_drw", 1),
+]  # fmt: skip
+PIPELINE_PLAN = [(s, seed) for seed in (0, 1) for s in ("bf16_device", "bf16_loader", "fp32_loader")]
 
 
-def cell(value):
-    return "n/a" if value is None else f"{value:.2f}"
+def run_name(setting: str, seed: int, epochs: int) -> str:
+    return f"{setting}_seed{seed}_e{epochs}"
+
+
+def command(args, setting: str, seed: int) -> list[str]:
+    sets = [
+        f"data.root={args.data}", f"optim.epochs={args.epochs}", "optim.warmup_epochs=1", "optim.schedule=cosine",
+        f"train.seed={seed}", f"train.output_dir={args.out}", f"train.run_name={run_name(setting, seed, args.epochs)}",
+        "train.eval_every=1", f"train.checkpoint_every_steps={args.checkpoint_every}", "train.progress=false",
+        *SETTINGS[setting][1],
+    ]  # fmt: skip
+    return [sys.executable, "-m", "ltcl.cli", "train", "-c", str(CONFIG), *[w for s in sets for w in ("--set", s)]]
+
+
+def result_row(run: Path, setting: str, seed: int, epochs: int) -> dict:
+    results = json.loads((run / "results.json").read_text())
+    with (run / "metrics.csv").open() as file:
+        seconds = [float(r["epoch_seconds"]) for r in csv.DictReader(file)]
+    test, best = results["test"], results.get("test_best_val") or {}
+    row = {
+        "setting": setting,
+        "seed": seed,
+        "epochs": epochs,
+        "revision": results["code_revision"],
+        "val_best_all": _num(best.get("all")),
+        "seconds_per_epoch": f"{statistics.median(seconds):.1f}",
+    }
+    return row | {k: _num(test[k]) for k in ("many", "medium", "few", "all")}
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def read_rows(path: Path = CSV) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+def write_row(row: dict, path: Path = CSV) -> None:
+    """Adds or replaces the row of (setting, seed, epochs)."""
+    key = (row["setting"], str(row["seed"]), str(row["epochs"]))
+    rows = [r for r in read_rows(path) if (r["setting"], r["seed"], r["epochs"]) != key] + [row]
+    order = {name: i for i, name in enumerate(SETTINGS)}
+    rows.sort(key=lambda r: (int(r["epochs"]), order.get(r["setting"], 99), int(r["seed"])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def table(rows: list[dict], epochs: int) -> str:
+    """Markdown: mean ± sample std over seeds (a plain value for one seed), n/a for an empty group."""
+    lines = ["| setting | seeds | Many | Medium | Few | All | All, best-on-val checkpoint | s/epoch |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name, (label, _) in SETTINGS.items():
+        runs = [r for r in rows if r["setting"] == name and int(r["epochs"]) == epochs]
+        if not runs:
+            continue
+        cells = [_stat([r[k] for r in runs]) for k in ("many", "medium", "few", "all", "val_best_all")]
+        seconds = statistics.median(float(r["seconds_per_epoch"]) for r in runs)
+        seeds = ", ".join(sorted(r["seed"] for r in runs))
+        lines.append(f"| {label} | {seeds} | {' | '.join(cells)} | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def _stat(values: list[str]) -> str:
+    numbers = [float(v) for v in values if v != ""]
+    if not numbers:
+        return "n/a"
+    if len(numbers) == 1:
+        return f"{numbers[0]:.2f}"
+    return f"{statistics.mean(numbers):.2f} ± {statistics.stdev(numbers):.2f}"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10_jpeg.npz"))
     parser.add_argument("--out", default=str(REPO / "runs" / "cifar10_ablation"))
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--checkpoint-every", type=int, default=20)
-    parser.add_argument("--only", nargs="*", help="run names to run (default: all)")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--checkpoint-every", type=int, default=20, help="steps between checkpoints")
+    parser.add_argument("--only", nargs="*", choices=list(SETTINGS), help="settings to run (default: the plan)")
+    parser.add_argument("--seeds", nargs="*", type=int, help="with --only: the seeds (default 0)")
+    parser.add_argument("--csv", default=str(CSV), help="where the rows go")
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="run the precision / augmentation check (use with --epochs 5) instead of the ablation",
+    )
+    parser.add_argument("--table", action="store_true", help="print the table of the csv and run nothing")
     args = parser.parse_args()
-
+    csv_path = Path(args.csv)
+    if args.table:
+        print(table(read_rows(csv_path), args.epochs))
+        return
+    plan = PIPELINE_PLAN if args.pipeline else PLAN
+    if args.only:
+        plan = [(s, seed) for s in args.only for seed in (args.seeds or [0])]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    schedule = [
-        f"data.root={args.data}", f"optim.epochs={args.epochs}", "optim.warmup_epochs=1", "optim.schedule=cosine",
-        f"train.seed={args.seed}", f"data.num_workers={args.workers}", f"train.output_dir={out}",
-        f"train.eval_every={args.epochs}", f"train.checkpoint_every_steps={args.checkpoint_every}",
-    ]
-    commands = []
-    for label, name, overrides in SETTINGS:
-        if args.only and name not in args.only:
-            continue
-        run = out / name
-        command = [sys.executable, "-m", "ltcl.cli", "train", "-c", str(REPO / "configs" / "cifar10_lt_if100_acl.yaml")]
-        for item in [*schedule, f"train.run_name={name}", *overrides]:
-            command += ["--set", item]
-        commands.append(shlex.join(["ltcl", *command[3:]]))
+    for setting, seed in plan:
+        run = out / run_name(setting, seed, args.epochs)
+        words = command(args, setting, seed)
         if (run / "results.json").exists():
-            print(f"[skip] {label}: finished")
-            continue
-        if (run / "checkpoint_last.pt").exists():
-            command += ["--resume", str(run / "checkpoint_last.pt")]
-        print(f"[run] {label}\n  {shlex.join(command)}", flush=True)
-        subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    (out / "commands.sh").write_text("\n".join(commands) + "\n")
-
-    # The fastest epoch, not the total: on a shared machine other work slows some epochs, never speeds one up.
-    lines = ["| setting | Many | Medium | Few | All | fastest epoch |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for label, name, _ in SETTINGS:
-        path = out / name / "results.json"
-        if not path.exists():
-            lines.append(f"| {label} | | | | (not run) | |")
-            continue
-        test = json.loads(path.read_text())["test"]
-        seconds = min(float(r["epoch_seconds"]) for r in _metrics(out / name))
-        lines.append(f"| {label} | {cell(test['many'])} | {cell(test['medium'])} | {cell(test['few'])} | "
-                     f"{cell(test['all'])} | {seconds:.0f} s |")
-    table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
-    print(table)
-
-
-def _metrics(run):
-    import csv
-
-    with (run / "metrics.csv").open() as file:
-        return list(csv.DictReader(file))
+            print(f"[done] {run.name}", flush=True)
+        else:
+            if (run / "checkpoint_last.pt").exists():
+                words = [*words[:4], "--resume", str(run / "checkpoint_last.pt")]
+            print(f"[run] {run.name}: {shlex.join(words)}", flush=True)
+            status = subprocess.run(words, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+            if status != 0:  # a diverged or broken run is reported and left out of the table, never hidden
+                print(f"[failed] {run.name}: exit status {status}", flush=True)
+                continue
+        write_row(result_row(run, setting, seed, args.epochs), csv_path)
+    print(table(read_rows(csv_path), args.epochs))
 
 
 if __name__ == "__main__":

@@ -134,8 +134,10 @@ def main():
     device = torch.device(args.device)
     torch.set_grad_enabled(True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    print(f"torch {torch.__version__}, device {device} ({name}), threads {torch.get_num_threads()}, "
-          f"median of {args.repeats}, tau {args.temperature}\n")
+    print(
+        f"torch {torch.__version__}, device {device} ({name}), threads {torch.get_num_threads()}, "
+        f"median of {args.repeats}, tau {args.temperature}\n"
+    )
     print("| shape | N | D | C | loss | fwd+bwd ms | peak MiB | x SupContrast-style | x matmul floor |")
     print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for shape, n, d, c in SHAPES:
@@ -148,8 +150,10 @@ def main():
         reference = results["SupCon (SupContrast-style)"][0]
         floor = results["matmul floor"][0]
         for method, (seconds, mib) in results.items():
-            print(f"| {shape} | {n} | {d} | {c} | {method} | {seconds * 1e3:.2f} | {mib:.1f} | "
-                  f"{seconds / reference:.2f} | {seconds / floor:.2f} |")
+            print(
+                f"| {shape} | {n} | {d} | {c} | {method} | {seconds * 1e3:.2f} | {mib:.1f} | "
+                f"{seconds / reference:.2f} | {seconds / floor:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -1,17 +1,16 @@
-"""Overhead of ltcl's training pipeline over the bare model forward/backward, on CIFAR-10-LT (IF100, ResNet-32).
+"""The full training step of a config against the bare model step on the same number of views, side by side.
 
-Both measurements train the same network with the same optimiser on the same batch shapes (B images x 4 views
-at 32 px), in the same process, one after the other:
+- full: what ``ltcl train`` runs per step with the config as it is (its precision, memory format, augmentation
+  path and objective): the next batch of the training loader (augmenting 4 views per image, on the device or in
+  loader workers), ``ltcl.engine.loop.training_step`` (forward per view size, objective, backward, SGD) and the
+  step monitor;
+- bare: ResNet-32 forward, cross-entropy, backward and SGD on one fixed tensor of as many 32-px views, under bf16
+  autocast with channels_last (the fastest plain step on this CPU), nothing else.
 
-- full: the real training step of ``ltcl train`` — DataLoader workers decode nothing (images are in memory) but
-  augment 4 views per image (AutoAugment + Cutout, SimCLR), the distribution-aware collate, then the trainer's
-  own ``multiview_objective`` (forward per view size, Balanced Softmax + ACL with centres and weights), backward,
-  SGD step and one loss read-back per step;
-- bare: forward, cross-entropy, backward and SGD step on tensors that are already batched in memory.
+The two are timed in alternating blocks in one process, so that a load on the machine affects both alike; each
+prints its median block. Ratio = full views/s / bare views/s (1.0: the pipeline costs nothing). Prints a table.
 
-Overhead = bare images/s / full images/s - 1. Prints a Markdown table.
-
-    python benchmarks/pipeline_overhead.py --data ../shared/data/cifar10_jpeg.npz --steps 30
+    python benchmarks/pipeline_overhead.py --data ../shared/data/cifar10_jpeg.npz
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -26,87 +26,103 @@ import torch.nn.functional as F
 
 from ltcl.config import load_config
 from ltcl.data.build import build_data
-from ltcl.data.views import MultiViewBatch
 from ltcl.engine.distributed import DistributedContext
-from ltcl.engine.objective import Objective
+from ltcl.engine.loop import training_step
+from ltcl.engine.recipe import build_train_state, train_loader
 from ltcl.engine.runtime import keep_freed_memory
-from ltcl.engine.trainer import MultiViewForward, build_model, make_loaders, multiview_objective
+from ltcl.models import build_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def full_pipeline(cfg, data, steps, warmup):
-    ctx = DistributedContext(0, 1, 0, torch.device("cpu"))
-    sampler, loader, _, _ = make_loaders(cfg, data, ctx)
-    model = build_model(cfg, data.num_classes, ctx)
-    forward = MultiViewForward(model)
-    objective = Objective(cfg.loss, data.train_counts, cfg.model.projection_dim)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    sampler.set_epoch(0)
-    batches = iter(loader)
-    images, start, kept = 0, None, []
-    for step in range(warmup + steps):
-        if step == warmup:
-            start = time.perf_counter()
-        batch: MultiViewBatch = next(batches)
-        if step < 2:
-            kept.append(batch)
-        loss = multiview_objective(forward, objective, batch, True)[0]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss.item()  # the trainer syncs for its running metrics too
-        if step >= warmup:
-            images += batch.batch_size
-    return images / (time.perf_counter() - start), kept
+class FullStep:
+    """The configured training step, batch after batch of epoch 0."""
+
+    def __init__(self, cfg, data, ctx):
+        self.state, _, self.amp = build_train_state(cfg, data, ctx)
+        self.sampler, self.loader = train_loader(cfg, data, ctx)
+        self.sampler.set_epoch(0)
+        self.batches = iter(self.loader)
+        self.views = 0
+
+    def step(self) -> int:
+        try:
+            batch = next(self.batches)
+        except StopIteration:
+            self.batches = iter(self.loader)
+            batch = next(self.batches)
+        training_step(self.state, batch)
+        self.state.global_step += 1
+        return sum(g.shape[0] for g in batch.groups)
 
 
-def bare_model(cfg, data, batches, steps, warmup):
-    ctx = DistributedContext(0, 1, 0, torch.device("cpu"))
-    model = build_model(cfg, data.num_classes, ctx)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    images, start = 0, None
-    for step in range(warmup + steps):
-        if step == warmup:
-            start = time.perf_counter()
-        batch = batches[step % len(batches)]
-        loss = 0.0
-        for group in batch.groups:
-            out = model(group, with_projection=True)
-            loss = loss + F.cross_entropy(out.logits, batch.labels.repeat(group.shape[0] // batch.batch_size))
-        optimizer.zero_grad(set_to_none=True)
+class BareStep:
+    """ResNet-32 forward/backward/SGD on a fixed batch, bf16 autocast, channels_last."""
+
+    def __init__(self, cfg, num_classes: int, views: int):
+        self.model = build_network(cfg.model, num_classes).to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        self.images = torch.randn(views, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        self.labels = torch.randint(0, num_classes, (views,))
+
+    def step(self) -> int:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = self.model(self.images, with_projection=False).logits
+            loss = F.cross_entropy(logits.float(), self.labels)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        loss.item()
-        if step >= warmup:
-            images += batch.batch_size
-    return images / (time.perf_counter() - start)
+        self.optimizer.step()
+        return self.images.shape[0]
+
+
+def views_per_second(step, count: int) -> float:
+    start, views = time.perf_counter(), 0
+    for _ in range(count):
+        views += step()
+    return views / (time.perf_counter() - start)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "cifar10_jpeg.npz"))
     parser.add_argument("--config", default=os.path.join(REPO, "configs", "cifar10_lt_if100_acl.yaml"))
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. --set data.augment_on=loader",
+    )
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating blocks of each")
+    parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
 
-    cfg = load_config(args.config, [f"data.root={args.data}", f"data.batch_size={args.batch_size}",
-                                    f"data.num_workers={args.workers}", "train.progress=false"])
+    cfg = load_config(args.config, [f"data.root={args.data}", "train.progress=false", *args.overrides])
     data = build_data(cfg, splits=("train",))
     keep_freed_memory()  # as `ltcl train` does on the CPU
     torch.manual_seed(0)
-    full, kept = full_pipeline(cfg, data, args.steps, args.warmup)
-    bare = bare_model(cfg, data, kept, args.steps, args.warmup)
-    print(f"torch {torch.__version__}, {platform.processor() or 'CPU'}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} threads, {args.workers} loader worker(s), batch {args.batch_size} x 4 views, "
-          f"{args.steps} timed steps\n")
-    print("| pipeline | images/s | views/s | overhead |")
-    print("| --- | ---: | ---: | ---: |")
-    print(f"| bare model forward/backward/step | {bare:.1f} | {4 * bare:.0f} | |")
-    print(f"| full ltcl training step | {full:.1f} | {4 * full:.0f} | {100 * (bare / full - 1):.1f}% |")
+    ctx = DistributedContext(0, 1, 0, torch.device("cpu"))
+    full = FullStep(cfg, data, ctx)
+    bare = BareStep(cfg, data.num_classes, cfg.data.batch_size * cfg.views.num_views)
+    for step in (full.step, bare.step):
+        views_per_second(step, args.warmup)
+    full_rates, bare_rates = [], []
+    for _ in range(args.rounds):
+        full_rates.append(views_per_second(full.step, args.steps))
+        bare_rates.append(views_per_second(bare.step, args.steps))
+    full_rate, bare_rate = statistics.median(full_rates), statistics.median(bare_rates)
+    print(
+        f"torch {torch.__version__}, {platform.processor() or 'CPU'}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} threads; {args.config} (amp {full.amp[0]}, channels_last "
+        f"{cfg.train.channels_last}, augment_on {cfg.data.augment_on}), batch {cfg.data.batch_size} x "
+        f"{cfg.views.num_views} views; {args.rounds} alternating blocks of {args.steps} steps, medians\n"
+    )
+    print("| step | views/s | ratio to bare |")
+    print("| --- | ---: | ---: |")
+    print(f"| bare ResNet-32 forward/backward/SGD, bf16 autocast, channels_last | {bare_rate:.0f} | 1.00 |")
+    print(f"| full ltcl training step, the config as it is | {full_rate:.0f} | {full_rate / bare_rate:.2f} |")
 
 
 if __name__ == "__main__":

@@ -18,16 +18,28 @@ from ltcl.models import apply_trainable, build_network
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
-NUM_CLASSES = {"cifar10_lt": 10, "cifar100_lt": 100, "imagenet_lt": 1000, "places_lt": 365, "inat2018": 8142,
-               "digits_lt": 10}
+NUM_CLASSES = {
+    "cifar10_lt": 10,
+    "cifar100_lt": 100,
+    "imagenet_lt": 1000,
+    "places_lt": 365,
+    "inat2018": 8142,
+    "digits_lt": 10,
+}
 
 
 def test_there_is_a_config_for_every_paper_setting():
     names = {p.stem for p in CONFIGS}
     for i in (100, 50, 10):
         assert f"cifar10_lt_if{i}_acl" in names and f"cifar100_lt_if{i}_acl" in names
-    assert {"imagenet_lt_r50_acl", "imagenet_lt_x50_acl", "imagenet_lt_x101_acl", "inat2018_r50_acl",
-            "places_lt_r152_acl", "digits_lt"} <= names
+    assert {
+        "imagenet_lt_r50_acl",
+        "imagenet_lt_x50_acl",
+        "imagenet_lt_x101_acl",
+        "inat2018_r50_acl",
+        "places_lt_r152_acl",
+        "digits_lt",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -90,11 +102,13 @@ def test_yaml_values_are_checked_and_bases_merge(tmp_path):
     "argv, message",
     [
         (["train", "-c", "configs/none.yaml"], "does not exist"),
-        (["train", "-c", "configs/digits_lt.yaml", "--set", "loss.objective=bs+xyz"], "loss.objective 'bs+xyz'"),
-        (["train", "-c", "configs/digits_lt.yaml", "--set", "train.amp=fp8"], "train.amp must be one of"),
-        (["train", "-c", "configs/digits_lt.yaml", "--set", "data.augment_on=gpu"], "data.augment_on must be one of"),
+        (["train", "-c", "configs/digits_lt.yaml", "--set", "loss.objective=bs+xy"], "'loss.objective' expects one of"),
+        (["train", "-c", "configs/digits_lt.yaml", "--set", "train.amp=fp8"], "'train.amp' expects one of auto, none"),
+        (["train", "-c", "configs/digits_lt.yaml", "--set", "data.augment_on=gpu"], "'data.augment_on' expects one of"),
+        (["train", "-c", "configs/digits_lt.yaml", "--set", "model.finetune=lora"], "'model.finetune' expects one of"),
+        (["train"], "Give a config with -c CONFIG.yaml, or continue a run with --resume"),
         (["data", "-c", "configs/cifar10_lt_if100_acl.yaml", "--set", "data.root=/nowhere/cifar"], "/nowhere/cifar"),
-        (["data", "-c", "configs/digits_lt.yaml", "--set", "data.dataset=mnist"], "data.dataset 'mnist' is unknown"),
+        (["data", "-c", "configs/digits_lt.yaml", "--set", "data.dataset=mnist"], "'data.dataset' expects one of"),
         (["eval", "--checkpoint", "/nowhere/checkpoint.pt"], "/nowhere/checkpoint.pt does not exist"),
         (["train", "-c", "configs/digits_lt.yaml", "--resume", "/nowhere/last.pt"], "/nowhere/last.pt does not exist"),
     ],
@@ -130,4 +144,4 @@ def test_data_command_prints_a_readable_summary(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert main(["data", "-c", "configs/digits_lt.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "train / val / test 503 / none / 500" in out and "many 1 / medium 7 / few 2 classes" in out
+    assert "train / val / test 503 / 184 / 500" in out and "many 1 / medium 7 / few 2 classes" in out

@@ -3,6 +3,10 @@
 ``tiny_run``: 2 epochs of 2 steps, bs+acl, conflicts monitored, evaluated every epoch (about 10 s).
 ``sweep_dir``: ``ltcl sweep`` over loss.alpha = 0.1, 0.5 times 2 seeds with bs+scl, 1 step each, and many-shot
 threshold 200 so that the many-shot group is empty (n/a) (about 15 s).
+
+``train()`` draws no plots (the command line does): ``tiny_run`` has none, a test that needs them copies the run
+and calls ``make_run_plots``; the sweep draws each run's plots itself. Both train with the default train.amp
+(auto: bf16 autocast on a CPU that has it).
 """
 
 from pathlib import Path
@@ -17,12 +21,25 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DIGITS = str(REPO_ROOT / "configs" / "digits_lt.yaml")
 
 TINY = [
-    "optim.epochs=2", "train.max_steps_per_epoch=2", "model.backbone=resnet8", "data.num_workers=0",
-    "train.monitor_conflicts=true", "train.progress=false", "train.eval_every=1", "train.tensorboard=false",
+    "optim.epochs=2",
+    "train.max_steps_per_epoch=2",
+    "model.backbone=resnet8",
+    "data.num_workers=0",
+    "train.monitor_conflicts=true",
+    "train.progress=false",
+    "train.eval_every=1",
+    "train.tensorboard=false",
+    "data.val_per_class=0",  # no validation split: these runs evaluate (and plot) the test split every epoch
 ]
 TINIER = [
-    "optim.epochs=1", "train.max_steps_per_epoch=1", "data.batch_size=32", "model.backbone=resnet8",
-    "data.num_workers=0", "train.progress=false", "train.tensorboard=false", "optim.warmup_epochs=0",
+    "optim.epochs=1",
+    "train.max_steps_per_epoch=1",
+    "data.batch_size=32",
+    "model.backbone=resnet8",
+    "data.num_workers=0",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "optim.warmup_epochs=0",
 ]
 SWEEP_SETS = TINIER + ["loss.objective=bs+scl", "train.monitor_conflicts=true", "data.many_threshold=200"]
 SWEEP_ARGS = ["sweep", "-c", DIGITS, "--grid", "loss.alpha=0.1,0.5", "--seeds", "2"]

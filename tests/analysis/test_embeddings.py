@@ -34,13 +34,16 @@ def test_explicit_indices_and_thresholds():
     assert select_classes("many:10", COUNTS, many=200)[0] == [0, 1]
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("few:2", "asks for few-shot classes but this run has none"),
-    ("rare:2", "names no shot group"),
-    ("many:0", "positive number of classes"),
-    ("12", "not a class index between 0 and 6"),
-    (",", "selects no class"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("few:2", "asks for few-shot classes but this run has none"),
+        ("rare:2", "names no shot group"),
+        ("many:0", "positive number of classes"),
+        ("12", "not a class index between 0 and 6"),
+        (",", "selects no class"),
+    ],
+)
 def test_bad_class_choices_are_clear_errors(spec, message):
     counts = COUNTS[:7]  # no class below 20 images: the few-shot group is empty
     with pytest.raises(ValueError, match=message):
@@ -70,8 +73,15 @@ def test_at_most_n_images_per_class_and_features_without_a_head(tiny_run):
     assert np.bincount(emb.labels, minlength=10)[[0, 9]].tolist() == [7, 7]
 
     trained.model.projection = None  # a model trained without a contrastive term has no head
-    headless = TrainedModel(trained.model, trained.cfg, trained.class_counts, trained.class_names,
-                            trained.device, trained.epoch)
+    headless = TrainedModel(
+        trained.model,
+        trained.cfg,
+        trained.class_counts,
+        trained.class_names,
+        trained.device,
+        trained.epoch,
+        trained.amp,
+    )
     emb = collect_embeddings(headless, [0], max_per_class=5)
     assert emb.kind == "features" and emb.vectors.shape == (5, trained.model.feature_dim)
     assert np.allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-5)

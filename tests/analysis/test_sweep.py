@@ -15,8 +15,9 @@ import yaml
 from ltcl.analysis.sweep import parse_grid, plan_sweep, split_values
 from ltcl.cli import main
 from ltcl.config import Config, save_config
+from ltcl.engine.rundir import RunDir
 from tests.analysis.conftest import DIGITS, REPO_ROOT, SWEEP_ARGS
-from tests.analysis.test_plots import assert_valid_png
+from tests.analysis.test_plots import RUN_PLOTS, assert_valid_png
 
 ALPHAS = ("0.1", "0.5")
 GROUPS = ("many", "medium", "few", "all")
@@ -63,10 +64,14 @@ def test_sweep_plots_are_written_and_linked(sweep_dir):
     for name in ("sweep_all.png", "sweep_loss.alpha.png"):  # bars per setting; All against the numeric key
         assert_valid_png(sweep_dir / name)
         assert f"![{name}]({name})" in table
+    for run in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):  # every run's own plots, as ltcl train draws
+        report = (run / "report.md").read_text()
+        for name in RUN_PLOTS:
+            assert_valid_png(run / name)
+            assert f"![{name}]({name})" in report
 
 
-def test_a_second_sweep_retrains_nothing_and_a_lost_result_resumes_from_its_checkpoint(sweep_dir, tmp_path,
-                                                                                        capsys):
+def test_a_second_sweep_retrains_nothing_and_a_lost_result_resumes_from_its_checkpoint(sweep_dir, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(sweep_dir, out)
     files = sorted(out.glob("*/results.json")) + sorted(out.glob("*/checkpoint_last.pt"))
@@ -81,7 +86,10 @@ def test_a_second_sweep_retrains_nothing_and_a_lost_result_resumes_from_its_chec
     printed = capsys.readouterr().out
     assert f"alpha=0.5_seed1: resuming from {lost / 'checkpoint_last.pt'}" in printed
     assert printed.count("skipped") == 3
-    assert yaml.safe_load((lost / "config.yaml").read_text())["run"]["resumed"] is True
+    resumes = RunDir(lost).read_resumes()
+    assert len(resumes) == 1 and resumes[0]["epoch"] == 1 and resumes[0]["changed"] == {}
+    report = (lost / "report.md").read_text()  # the final report is written again, with its plots linked
+    assert all(f"![{name}]({name})" in report for name in RUN_PLOTS) and report.count("## Plots") == 1
     checkpoint = lost / "checkpoint_last.pt"
     assert checkpoint.stat().st_mtime_ns == before[checkpoint]  # no epoch was trained again
     recovered = json.loads((lost / "results.json").read_text())["test"]
@@ -89,8 +97,7 @@ def test_a_second_sweep_retrains_nothing_and_a_lost_result_resumes_from_its_chec
 
 
 def test_a_sweep_does_not_reuse_runs_made_with_other_settings(sweep_dir, capsys):
-    other = SWEEP_ARGS + ["--set", "loss.temperature=0.2", "--set", "data.num_workers=1",
-                          "--out", str(sweep_dir)]
+    other = SWEEP_ARGS + ["--set", "loss.temperature=0.2", "--set", "data.num_workers=1", "--out", str(sweep_dir)]
     assert main(other) == 2
     err = capsys.readouterr().err
     assert "was made with other settings (loss.temperature differ)" in err  # num_workers may change
@@ -98,8 +105,17 @@ def test_a_sweep_does_not_reuse_runs_made_with_other_settings(sweep_dir, capsys)
 
 def test_print_commands_lists_one_quoted_torchrun_line_per_run_and_runs_nothing(tmp_path):
     out = tmp_path / "my sweep"
-    command = [sys.executable, "-m", "ltcl.cli", *SWEEP_ARGS, "--out", str(out), "--print-commands",
-               "--nproc-per-node", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "ltcl.cli",
+        *SWEEP_ARGS,
+        "--out",
+        str(out),
+        "--print-commands",
+        "--nproc-per-node",
+        "2",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
@@ -108,8 +124,12 @@ def test_print_commands_lists_one_quoted_torchrun_line_per_run_and_runs_nothing(
         words = shlex.split(line)
         assert words[:8] == ["torchrun", "--nproc-per-node", "2", "-m", "ltcl.cli", "train", "-c", DIGITS]
         sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
-        assert sets[-4:] == [f"loss.alpha={a}", f"train.seed={s}", f"train.output_dir={out}",
-                             f"train.run_name=alpha={a}_seed{s}"]
+        assert sets[-4:] == [
+            f"loss.alpha={a}",
+            f"train.seed={s}",
+            f"train.output_dir={out}",
+            f"train.run_name=alpha={a}_seed{s}",
+        ]
         assert "loss.objective=bs+scl" in sets
 
 
@@ -119,14 +139,17 @@ def test_print_commands_marks_finished_runs(sweep_dir, capsys):
     assert len(lines) == 4 and all(line.startswith("# done") for line in lines)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--grid", "loss.alpah=0.1,0.2"], "Unknown config key 'loss.alpah'"),
-    (["--grid", "optim.epochs=1,two"], "'optim.epochs' expects an integer"),
-    (["--grid", "train.seed=1,2"], "cannot vary train.seed"),
-    (["--grid", "loss.objective=bs,nonsense"], "nonsense"),
-    (["--grid", "loss.temperature=0.1", "--set", "loss.temperature=0.2"], "--set loss.temperature conflicts"),
-    (["--nproc-per-node", "2"], "only applies with --print-commands"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--grid", "loss.alpah=0.1,0.2"], "Unknown config key 'loss.alpah'"),
+        (["--grid", "optim.epochs=1,two"], "'optim.epochs' expects an integer"),
+        (["--grid", "train.seed=1,2"], "cannot vary train.seed"),
+        (["--grid", "loss.objective=bs,nonsense"], "nonsense"),
+        (["--grid", "loss.temperature=0.1", "--set", "loss.temperature=0.2"], "--set loss.temperature conflicts"),
+        (["--nproc-per-node", "2"], "only applies with --print-commands"),
+    ],
+)
 def test_bad_sweeps_fail_before_anything_runs(extra, message, tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["sweep", "-c", DIGITS, "--out", str(out), *extra]) == 2
@@ -139,8 +162,12 @@ def test_grid_values_split_outside_brackets_and_names_stay_filesystem_safe(tmp_p
     axes = parse_grid(["views.sizes=[32,24],[32,32]", "loss.objective=bs,bs+acl"])
     assert [a.numeric for a in axes] == [False, False]
     runs = plan_sweep(axes, 1, [], tmp_path)
-    assert [r.name for r in runs] == ["sizes=32-24_objective=bs_seed0", "sizes=32-24_objective=bs+acl_seed0",
-                                      "sizes=32-32_objective=bs_seed0", "sizes=32-32_objective=bs+acl_seed0"]
+    assert [r.name for r in runs] == [
+        "sizes=32-24_objective=bs_seed0",
+        "sizes=32-24_objective=bs+acl_seed0",
+        "sizes=32-32_objective=bs_seed0",
+        "sizes=32-32_objective=bs+acl_seed0",
+    ]
     assert runs[1].overrides[:2] == ["views.sizes=[32,24]", "loss.objective=bs+acl"]
     with pytest.raises(ValueError, match="same run name"):
         plan_sweep(parse_grid(["model.weights=a b,a/b"]), 1, [], tmp_path)
@@ -170,6 +197,27 @@ def test_compare_falls_back_to_the_directory_name_and_names_a_missing_result(swe
     assert f"{unfinished} holds no results.json" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_compare_of_a_glob_skips_the_files_of_a_sweep_but_not_an_unfinished_run(sweep_dir, tmp_path, capsys):
+    matched = sorted(sweep_dir.glob("*"))  # what the shell gives for sweep_dir/*: runs, sweep.csv, sweep.md, PNGs
+    files = [p for p in matched if not p.is_dir()]
+    assert {"sweep.csv", "sweep.md"} <= {p.name for p in files}
+    assert main(["compare", *map(str, matched)]) == 0
+    captured = capsys.readouterr()
+    for path in files:
+        assert f"skipping {path}: not a run directory" in captured.err
+    assert captured.err.count("skipping") == len(files) and "error" not in captured.err
+    for a in ALPHAS:
+        cells = expected_cells([sweep_dir / f"alpha={a}_seed{s}" for s in (0, 1)])
+        assert f"| loss.alpha={a} | {' | '.join(cells)} | 2 |" in captured.out
+
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    assert main(["compare", *map(str, matched), str(unfinished)]) == 2
+    assert f"{unfinished} holds no results.json" in capsys.readouterr().err
+    assert main(["compare", str(sweep_dir / "sweep.csv")]) == 2
+    assert "is a run directory" in capsys.readouterr().err
 
 
 def _write_finished_run(run_dir, seed, objective, test):

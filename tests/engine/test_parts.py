@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ltcl.config import OptimConfig
-from ltcl.data.sampling import EpochBatchSampler, SeededDataset
+from ltcl.data.sampling import EpochBatchSampler, SeededDataset, ShardSampler
 from ltcl.engine import checkpoint as ckpt
-from ltcl.engine.evaluate import ShardSampler, accuracy_from_counts, format_table
+from ltcl.engine.evaluate import accuracy_from_counts, format_table
 from ltcl.engine.schedule import check_schedule, learning_rate
 
 # ---------------------------------------------------------------------------------------------------------
@@ -180,17 +180,21 @@ def test_loading_rejects_missing_garbage_and_foreign_files(tmp_path):
         ckpt.load_checkpoint(tmp_path / "none.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match=f"Checkpoint {garbage} could not be read"):
+    with pytest.raises(ValueError, match=f"Checkpoint {garbage} is not a PyTorch checkpoint written by ltcl"):
         ckpt.load_checkpoint(garbage)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.ones(1)}}, foreign)
     with pytest.raises(ValueError, match="was not written by ltcl's trainer"):
         ckpt.load_checkpoint(Path(foreign))
+    older = tmp_path / "older.pt"
+    torch.save({"format": 1, "model": {}}, older)
+    with pytest.raises(ValueError, match="has format 1; this ltcl reads format 2"):
+        ckpt.load_checkpoint(older)
 
 
 def test_multiview_forward_keeps_a_compiled_network_beside_the_plain_one():
     from ltcl.config import ModelConfig
-    from ltcl.engine.trainer import MultiViewForward
+    from ltcl.engine.loop import MultiViewForward
     from ltcl.models import build_network
 
     model = build_network(ModelConfig(backbone="resnet8"), 3)

@@ -65,6 +65,19 @@ def test_the_readme_resume_line_refuses_to_turn_a_smoke_run_into_another_run(smo
     assert "model.backbone 'resnet8' -> 'resnet20'" in message and "--extend-epochs" in message
 
 
+def test_the_test_split_is_reported_for_the_last_and_the_best_on_validation_model(smoke_run):
+    results = json.loads((smoke_run / "results.json").read_text())
+    assert (smoke_run / "checkpoint_best.pt").exists() and results["best_epoch"] == 1
+    assert set(results["rows"]) == {
+        "val (last epoch, 1)",
+        "test (last epoch, 1)",
+        "val (best on val, epoch 1)",
+        "test (best on val, epoch 1)",
+    }
+    rows = (smoke_run / "metrics.csv").read_text().splitlines()
+    assert rows[1].split(",")[9] == "val"  # during training only the validation split is evaluated
+
+
 def test_a_finished_run_says_so_and_touches_nothing(smoke_run):
     before = {p.name: p.read_bytes() for p in smoke_run.iterdir() if p.is_file()}
     proc = ltcl("train", "--resume", str(smoke_run / "checkpoint_last.pt"))

@@ -22,16 +22,22 @@ from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "configs" / "digits_lt.yaml")
 TINY = [
-    "model.backbone=resnet8", "data.batch_size=32", "data.num_workers=0", "train.progress=false",
-    "optim.warmup_epochs=0", "train.eval_every=1",
+    "model.backbone=resnet8",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "train.progress=false",
+    "optim.warmup_epochs=0",
+    "train.eval_every=1",
+    "data.val_per_class=0",
 ]
 
 
 def ltcl(*args, env=None, check=True):
     """Runs ``python -m ltcl.cli ARGS`` and returns the completed process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "ltcl.cli", *args], capture_output=True, text=True, env=full_env,
-                          cwd=REPO, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ltcl.cli", *args], capture_output=True, text=True, env=full_env, cwd=REPO, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"ltcl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -46,8 +52,18 @@ def final_weights(run_dir: Path) -> dict:
 
 
 def test_a_run_writes_its_directory(tmp_path):
-    proc = ltcl("train", "-c", DIGITS, *sets(*TINY, "optim.epochs=2", "train.max_steps_per_epoch=3",
-                                             f"train.output_dir={tmp_path}", "train.monitor_conflicts=true"))
+    proc = ltcl(
+        "train",
+        "-c",
+        DIGITS,
+        *sets(
+            *TINY,
+            "optim.epochs=2",
+            "train.max_steps_per_epoch=3",
+            f"train.output_dir={tmp_path}",
+            "train.monitor_conflicts=true",
+        ),
+    )
     run = tmp_path / "digits_lt"
     assert "| Many | Medium | Few | All |" in proc.stdout and "epoch 2/2" in proc.stdout
 
@@ -81,19 +97,38 @@ def straight_run(tmp_path_factory):
     return out / "digits_lt"
 
 
-INTERRUPTIBLE = [*TINY, "optim.epochs=3", "train.max_steps_per_epoch=4", "train.deterministic=true",
-                 "train.checkpoint_every_steps=2", "optim.warmup_epochs=1"]
+INTERRUPTIBLE = [
+    *TINY,
+    "optim.epochs=3",
+    "train.max_steps_per_epoch=4",
+    "train.deterministic=true",
+    "train.checkpoint_every_steps=2",
+    "optim.warmup_epochs=1",
+]
 
 
-@pytest.mark.parametrize("how, status, saved_at", [
-    ("KILL", -signal.SIGKILL, (1, 2, 6)),  # no warning: the step checkpoint after batch 2 of epoch 2 is all there is
-    ("INT", 130, (1, 3, 7)),  # Ctrl-C: step 7 (batch 3 of epoch 2) finishes, then it is saved
-    ("TERM", 143, (1, 3, 7)),  # a cluster's pre-emption notice: the same
-])
+@pytest.mark.parametrize(
+    "how, status, saved_at",
+    [
+        (
+            "KILL",
+            -signal.SIGKILL,
+            (1, 2, 6),
+        ),  # no warning: the step checkpoint after batch 2 of epoch 2 is all there is
+        ("INT", 130, (1, 3, 7)),  # Ctrl-C: step 7 (batch 3 of epoch 2) finishes, then it is saved
+        ("TERM", 143, (1, 3, 7)),  # a cluster's pre-emption notice: the same
+    ],
+)
 def test_a_stopped_run_resumes_to_the_same_weights_and_metrics(tmp_path, straight_run, how, status, saved_at):
     stopped = tmp_path / "stopped"
-    proc = ltcl("train", "-c", DIGITS, *sets(*INTERRUPTIBLE, f"train.output_dir={stopped}"),
-                env={TEST_SIGNAL_AT_STEP: f"7:{how}"}, check=False)
+    proc = ltcl(
+        "train",
+        "-c",
+        DIGITS,
+        *sets(*INTERRUPTIBLE, f"train.output_dir={stopped}"),
+        env={TEST_SIGNAL_AT_STEP: f"7:{how}"},
+        check=False,
+    )
     assert proc.returncode == status, proc.stderr
     if how != "KILL":
         assert "--resume" in proc.stderr and "Traceback" not in proc.stderr
@@ -114,8 +149,12 @@ def test_a_stopped_run_resumes_to_the_same_weights_and_metrics(tmp_path, straigh
 
 
 def test_eval_and_predict_use_the_checkpoint(tmp_path):
-    ltcl("train", "-c", DIGITS, *sets(*TINY, "optim.epochs=1", "train.max_steps_per_epoch=2",
-                                      f"train.output_dir={tmp_path}"))
+    ltcl(
+        "train",
+        "-c",
+        DIGITS,
+        *sets(*TINY, "optim.epochs=1", "train.max_steps_per_epoch=2", f"train.output_dir={tmp_path}"),
+    )
     checkpoint = tmp_path / "digits_lt" / "checkpoint_last.pt"
     results = json.loads((tmp_path / "digits_lt" / "results.json").read_text())
 
@@ -142,14 +181,38 @@ def test_eval_and_predict_use_the_checkpoint(tmp_path):
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     # BatchNorm statistics are per process without SyncBN (CUDA only), so the backbone is frozen: everything else
     # (sampler, views, gather with gradient, DDP averaging, unpadded evaluation) is exercised exactly.
-    common = [*TINY, "optim.epochs=2", "train.max_steps_per_epoch=3", "data.batch_size=16", "train.deterministic=true",
-              "model.trainable=projection,classifier", "loss.objective=bs+acl"]
+    common = [
+        *TINY,
+        "optim.epochs=2",
+        "train.max_steps_per_epoch=3",
+        "data.batch_size=16",
+        "train.deterministic=true",
+        "model.trainable=projection,classifier",
+        "loss.objective=bs+acl",
+        "train.amp=none",  # the comparison is exact up to float32 reordering, not bf16 rounding
+    ]
     ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'one'}"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ltcl.cli",
-         "train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'two'}")],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "ltcl.cli",
+            "train",
+            "-c",
+            DIGITS,
+            *sets(*common, f"train.output_dir={tmp_path / 'two'}"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 process(es)" in proc.stdout
@@ -167,9 +230,16 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
 
 def test_cifar10_lt_acl_config_trains_resumes_and_evaluates_on_the_shared_data(tmp_path, cifar10_npz):
     config = str(REPO / "configs" / "cifar10_lt_if100_acl.yaml")
-    common = [f"data.root={cifar10_npz}", "data.batch_size=16", "data.num_workers=0", "train.progress=false",
-              "train.max_steps_per_epoch=2", "optim.warmup_epochs=0", "data.eval_batch_size=1000",
-              f"train.output_dir={tmp_path}"]
+    common = [
+        f"data.root={cifar10_npz}",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "train.progress=false",
+        "train.max_steps_per_epoch=2",
+        "optim.warmup_epochs=0",
+        "data.eval_batch_size=1000",
+        f"train.output_dir={tmp_path}",
+    ]
     ltcl("train", "-c", config, *sets(*common, "optim.epochs=1"))
     run = tmp_path / "cifar10_lt_if100_acl"
     proc = ltcl("train", "--resume", str(run / "checkpoint_last.pt"), "--extend-epochs", "2")
@@ -182,26 +252,55 @@ def test_cifar10_lt_acl_config_trains_resumes_and_evaluates_on_the_shared_data(t
 
 def test_the_fast_gpu_config_runs_on_the_cpu_with_a_tiny_schedule(tmp_path, cifar10_npz):
     config = str(REPO / "configs" / "cifar10_lt_if100_acl_gpu.yaml")
-    proc = ltcl("train", "-c", config, *sets(
-        f"data.root={cifar10_npz}", "train.device=cpu", "train.compile=false", "train.amp=none",
-        "data.batch_size=16", "train.max_steps_per_epoch=2", "optim.epochs=1", "optim.warmup_epochs=0",
-        f"train.output_dir={tmp_path}"))
+    proc = ltcl(
+        "train",
+        "-c",
+        config,
+        *sets(
+            f"data.root={cifar10_npz}",
+            "train.device=cpu",
+            "train.compile=false",
+            "train.amp=none",
+            "data.batch_size=16",
+            "train.max_steps_per_epoch=2",
+            "optim.epochs=1",
+            "optim.warmup_epochs=0",
+            f"train.output_dir={tmp_path}",
+        ),
+    )
     assert "trained 1 epoch(s) in" in proc.stdout and "| Many | Medium | Few | All |" in proc.stdout
     results = json.loads((tmp_path / "cifar10_lt_if100_acl_gpu" / "results.json").read_text())
     assert results["timing"]["epochs_run"] == 1 and 0 <= results["test"]["all"] <= 100
 
 
 def test_device_augmentation_is_reproducible_and_resumes_exactly(tmp_path):
-    common = [*TINY, "data.augment_on=device", "optim.epochs=2", "train.max_steps_per_epoch=3",
-              "train.deterministic=true"]
+    common = [
+        *TINY,
+        "data.augment_on=device",
+        "optim.epochs=2",
+        "train.max_steps_per_epoch=3",
+        "train.deterministic=true",
+    ]
     for name in ("a", "b"):
         ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / name}"))
     killed = tmp_path / "killed"
-    proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed}"),
-                env={TEST_SIGNAL_AT_STEP: "5:KILL"}, check=False)
+    proc = ltcl(
+        "train",
+        "-c",
+        DIGITS,
+        *sets(*common, f"train.output_dir={killed}"),
+        env={TEST_SIGNAL_AT_STEP: "5:KILL"},
+        check=False,
+    )
     assert proc.returncode == -signal.SIGKILL
-    ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={killed}"),
-         "--resume", str(killed / "digits_lt" / "checkpoint_last.pt"))
+    ltcl(
+        "train",
+        "-c",
+        DIGITS,
+        *sets(*common, f"train.output_dir={killed}"),
+        "--resume",
+        str(killed / "digits_lt" / "checkpoint_last.pt"),
+    )
     a, b, resumed = (final_weights(tmp_path / n / "digits_lt") for n in ("a", "b", "killed"))
     for key in a:
         assert torch.equal(a[key], b[key]), key

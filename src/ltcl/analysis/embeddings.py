@@ -30,8 +30,9 @@ class Embeddings:
     kind: str
 
 
-def select_classes(spec: str, counts: list[int], *, many: int = 100, few: int = 20,
-                   seed: int = 0) -> tuple[list[int], list[str]]:
+def select_classes(
+    spec: str, counts: list[int], *, many: int = 100, few: int = 20, seed: int = 0
+) -> tuple[list[int], list[str]]:
     """Reads ``--classes``: ``many:5,few:5`` (random classes of a shot group, seeded) or ``0,3,7`` (indices).
 
     Items may be mixed. A group with fewer classes than asked gives all it has, with a note.
@@ -53,26 +54,27 @@ def select_classes(spec: str, counts: list[int], *, many: int = 100, few: int = 
             name, _, k_text = item.partition(":")
             name = name.strip().lower()
             if name not in GROUP_INDEX:
-                raise ValueError(f"--classes item '{item}' names no shot group; use many:K, medium:K or "
-                                 "few:K.")
+                raise ValueError(f"--classes item '{item}' names no shot group; use many:K, medium:K or few:K.")
             if not k_text.strip().isdigit() or int(k_text) < 1:
-                raise ValueError(f"--classes item '{item}' needs a positive number of classes after the "
-                                 "colon.")
+                raise ValueError(f"--classes item '{item}' needs a positive number of classes after the colon.")
             members = np.flatnonzero(groups == GROUP_INDEX[name])
             members = members[~np.isin(members, chosen)]
             if members.size == 0:
-                raise ValueError(f"--classes asks for {name}-shot classes but this run has none (training "
-                                 f"counts {min(counts)} to {max(counts)}; many > {many}, few < {few}).")
+                raise ValueError(
+                    f"--classes asks for {name}-shot classes but this run has none (training "
+                    f"counts {min(counts)} to {max(counts)}; many > {many}, few < {few})."
+                )
             k = int(k_text)
             if members.size < k:
-                notes.append(f"only {members.size} {name}-shot class(es) exist; using all of them instead "
-                             f"of {k}.")
+                notes.append(f"only {members.size} {name}-shot class(es) exist; using all of them instead of {k}.")
             picked = rng.choice(members, size=min(k, members.size), replace=False)
             chosen += sorted(picked.tolist(), key=lambda j: (-counts[j], j))
         else:
             if not item.isdigit() or int(item) >= len(counts):
-                raise ValueError(f"--classes item '{item}' is not a class index between 0 and "
-                                 f"{len(counts) - 1} nor a group such as many:5.")
+                raise ValueError(
+                    f"--classes item '{item}' is not a class index between 0 and "
+                    f"{len(counts) - 1} nor a group such as many:5."
+                )
             if int(item) not in chosen:
                 chosen.append(int(item))
     if not chosen:
@@ -81,8 +83,15 @@ def select_classes(spec: str, counts: list[int], *, many: int = 100, few: int = 
 
 
 @torch.no_grad()
-def collect_embeddings(trained: TrainedModel, classes: list[int], *, split: str = "test",
-                       max_per_class: int = 0, seed: int = 0, batch_size: int = 0) -> Embeddings:
+def collect_embeddings(
+    trained: TrainedModel,
+    classes: list[int],
+    *,
+    split: str = "test",
+    max_per_class: int = 0,
+    seed: int = 0,
+    batch_size: int = 0,
+) -> Embeddings:
     """Unit-norm projections (or backbone features) of the ``split`` images of ``classes``.
 
     Args:
@@ -92,7 +101,7 @@ def collect_embeddings(trained: TrainedModel, classes: list[int], *, split: str 
         batch_size: evaluation batch size (0: the config's ``data.eval_batch_size``).
     """
     cfg = trained.cfg
-    dataset = evaluation_split(cfg, split)
+    dataset = evaluation_split(trained, split)
     targets = dataset.targets
     rng = np.random.default_rng(seed)
     indices = []
@@ -104,8 +113,9 @@ def collect_embeddings(trained: TrainedModel, classes: list[int], *, split: str 
     keep = np.concatenate(indices) if indices else np.zeros(0, np.int64)
     if keep.size == 0:
         raise ValueError(f"The '{split}' split has no image of the chosen classes {classes}.")
-    loader = DataLoader(Subset(dataset, keep.tolist()), batch_size=batch_size or cfg.data.eval_batch_size,
-                        num_workers=0)
+    loader = DataLoader(
+        Subset(dataset, keep.tolist()), batch_size=batch_size or cfg.data.eval_batch_size, num_workers=0
+    )
     model = trained.model.eval()
     vectors, labels, kind = [], [], "projection"
     for images, batch_labels in loader:
@@ -129,8 +139,7 @@ def tsne_2d(vectors: np.ndarray, *, seed: int = 0, perplexity: float = 30.0) -> 
 
     n = len(vectors)
     if n < 4:
-        raise ValueError(f"t-SNE needs at least 4 images, got {n}; choose more classes or a larger "
-                         "--max-per-class.")
+        raise ValueError(f"t-SNE needs at least 4 images, got {n}; choose more classes or a larger --max-per-class.")
     perplexity = min(perplexity, (n - 1) / 3)
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
     return tsne.fit_transform(np.asarray(vectors, dtype=np.float32)).astype(np.float64)

@@ -8,9 +8,10 @@ User mistakes raise ValueError / FileNotFoundError with one sentence (the main C
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-SET_HELP = "override a value of the config, e.g. --set optim.epochs=50 (repeatable)"
+from ltcl.cli.common import UserError, add_device_option, add_set_option
 
 ANALYZE_EPILOG = """examples:
   ltcl analyze conflicts runs/scl runs/acl --out fig4a.png
@@ -37,26 +38,28 @@ class _HelpFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-def _run_dir(path: str) -> Path:
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"Run directory {run_dir} does not exist.")
-    return run_dir
-
-
 def cmd_conflicts(args: argparse.Namespace) -> int:
-    from ltcl.analysis import plots
+    from ltcl.analysis.conflicts import group_means
+    from ltcl.analysis.plots import plot_conflicts
+    from ltcl.analysis.run_plots import CONFLICT_PLOT, conflict_series
+    from ltcl.data.longtail import ACCURACY_COLUMNS
+    from ltcl.engine.rundir import RunDir
 
-    run_dirs = [_run_dir(p) for p in args.run_dirs]
-    lines = ["| run | epochs | Many | Medium | Few | All |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for run_dir in run_dirs:
-        counts, ratios, used = plots.conflict_ratios(run_dir, all_epochs=args.all_epochs)
-        means = plots.group_means(ratios, counts, *plots.thresholds(plots.run_config(run_dir)))
-        cells = " | ".join("n/a" if means[g] is None else f"{means[g]:.3f}"
-                           for g in ("many", "medium", "few", "all"))
-        lines.append(f"| {plots.run_label(run_dir)} | {used} | {cells} |")
-    out = Path(args.out) if args.out else run_dirs[0] / "conflicts.png"
-    plots.plot_conflict_runs(run_dirs, out, all_epochs=args.all_epochs)
+    runs = [RunDir(p) for p in args.run_dirs]
+    for run in runs:
+        run.exists()
+    columns = [c.capitalize() for c in ACCURACY_COLUMNS]
+    lines = [f"| run | epochs | {' | '.join(columns)} |", "| --- | --- |" + " ---: |" * len(columns)]
+    series = []
+    for run in runs:
+        one = conflict_series(run.path, all_epochs=args.all_epochs)
+        means = group_means(one.ratios, one.counts, *run.thresholds())
+        cells = " | ".join("n/a" if means[c] is None else f"{means[c]:.3f}" for c in ACCURACY_COLUMNS)
+        lines.append(f"| {one.label} | {one.epochs} | {cells} |")
+        series.append(one)
+    out = Path(args.out) if args.out else runs[0] / CONFLICT_PLOT
+    many, few = runs[0].thresholds()  # the count axis marks the first run's shot groups
+    plot_conflicts(series, out, many=many, few=few, all_epochs=args.all_epochs)
     print("SCL gradient-conflict ratio (conflicting / positive pairs), mean over the classes of each group:")
     print("\n".join(lines))
     print(f"wrote {out}")
@@ -65,26 +68,28 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
 
 def cmd_tsne(args: argparse.Namespace) -> int:
     from ltcl.analysis.embeddings import collect_embeddings, select_classes, tsne_2d
-    from ltcl.analysis.plots import plot_tsne
+    from ltcl.analysis.paper_plots import plot_tsne
     from ltcl.data.longtail import shot_groups
     from ltcl.engine.inference import load_trained_model
 
     if args.max_per_class < 0:
-        raise ValueError(f"--max-per-class must be 0 (all images) or a positive number, "
-                         f"got {args.max_per_class}.")
+        raise ValueError(f"--max-per-class must be 0 (all images) or a positive number, got {args.max_per_class}.")
     trained = load_trained_model(args.checkpoint, args.overrides, device=args.device)
     data = trained.cfg.data
     counts = trained.class_counts
-    classes, notes = select_classes(args.classes, counts, many=data.many_threshold, few=data.few_threshold,
-                                    seed=args.seed)
+    classes, notes = select_classes(
+        args.classes, counts, many=data.many_threshold, few=data.few_threshold, seed=args.seed
+    )
     for note in notes:
         print(f"note: {note}")
-    emb = collect_embeddings(trained, classes, split=args.split, max_per_class=args.max_per_class,
-                             seed=args.seed)
+    emb = collect_embeddings(trained, classes, split=args.split, max_per_class=args.max_per_class, seed=args.seed)
     points = tsne_2d(emb.vectors, seed=args.seed)
     groups = shot_groups(counts, many=data.many_threshold, few=data.few_threshold).tolist()
-    what = ("L2-normalised projections" if emb.kind == "projection"
-            else "L2-normalised backbone features (the model has no projection head)")
+    what = (
+        "L2-normalised projections"
+        if emb.kind == "projection"
+        else "L2-normalised backbone features (the model has no projection head)"
+    )
     run_name = Path(args.checkpoint).resolve().parent.name
     title = f"t-SNE of {what}\n{run_name}, {args.split} split, {len(points)} images of {len(classes)} classes"
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"tsne_{args.split}.png"
@@ -97,10 +102,10 @@ def cmd_tsne(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ltcl.analysis import sweep
+    from ltcl.analysis.tables import results_table
 
     if args.nproc_per_node is not None and not args.print_commands:
-        raise ValueError("--nproc-per-node only applies with --print-commands "
-                         "(the sweep itself runs in one process).")
+        raise ValueError("--nproc-per-node only applies with --print-commands (the sweep itself runs in one process).")
     if args.nproc_per_node is not None and args.nproc_per_node < 1:
         raise ValueError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}.")
     axes = sweep.parse_grid(args.grid)
@@ -112,15 +117,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     rows = sweep.run_sweep(args.config, axes, runs, out)
     print(f"\nSweep of {args.config}: test accuracy in %, mean ± std over seeds")
-    print(sweep.results_table(rows))
+    print(results_table(rows))
     print(f"wrote {out / 'sweep.md'} and {out / 'sweep.csv'}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ltcl.analysis.sweep import compare_runs, results_table, write_csv
+    from ltcl.analysis.tables import compare_runs, results_table, write_csv
 
-    rows = compare_runs([_run_dir(p) for p in args.run_dirs])
+    # A shell glob such as runs/x/* also matches a sweep's own sweep.csv and sweep.md: only directories are runs.
+    run_dirs = []
+    for path in map(Path, args.run_dirs):
+        if path.exists() and not path.is_dir():
+            print(f"skipping {path}: not a run directory", file=sys.stderr)
+        else:
+            run_dirs.append(path)  # a missing directory, or one without results.json, fails in compare_runs
+    if not run_dirs:
+        raise UserError(
+            f"None of {', '.join(args.run_dirs)} is a run directory; give the directories of finished runs."
+        )
+    rows = compare_runs(run_dirs)
     table = results_table(rows)
     print("Test accuracy in %, mean ± sample std over the runs of each setting:")
     print(table)
@@ -128,8 +144,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         runs = "\n".join(f"- {r.label}: {', '.join(str(d) for d in r.run_dirs)}" for r in rows)
-        out.write_text(f"# Comparison\n\nTest accuracy in %, mean ± sample std over seeds (a plain mean "
-                       f"for one run); n/a: the shot group has no class.\n\n{table}\n\nRuns:\n\n{runs}\n")
+        out.write_text(
+            f"# Comparison\n\nTest accuracy in %, mean ± sample std over seeds (a plain mean "
+            f"for one run); n/a: the shot group has no class.\n\n{table}\n\nRuns:\n\n{runs}\n"
+        )
         write_csv(rows, out.with_suffix(".csv"))
         print(f"wrote {out} and {out.with_suffix('.csv')}")
     return 0
@@ -138,72 +156,118 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     """Adds ``analyze``, ``sweep`` and ``compare`` to the ``ltcl`` subparsers."""
     formatter = _HelpFormatter
-    p = commands.add_parser("analyze", help="analyses of trained runs: conflicts (Fig. 4a), tsne (Fig. 5)",
-                            description="The paper's analyses of trained runs.", epilog=ANALYZE_EPILOG,
-                            formatter_class=formatter)
+    p = commands.add_parser(
+        "analyze",
+        help="analyses of trained runs: conflicts (Fig. 4a), tsne (Fig. 5)",
+        description="The paper's analyses of trained runs.",
+        epilog=ANALYZE_EPILOG,
+        formatter_class=formatter,
+    )
     analyses = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
 
-    a = analyses.add_parser("conflicts", help="per-class SCL conflict ratio vs class frequency (Fig. 4a)",
-                            description="Plot the per-class gradient-conflict ratio (conflicting / "
-                            "positive SCL pairs, Eq. 7) against each class's training count, for one or more "
-                            "runs on one figure, and print the mean ratio of each shot group. The runs must "
-                            "have been trained with --set train.monitor_conflicts=true.")
+    a = analyses.add_parser(
+        "conflicts",
+        help="per-class SCL conflict ratio vs class frequency (Fig. 4a)",
+        description="Plot the per-class gradient-conflict ratio (conflicting / "
+        "positive SCL pairs, Eq. 7) against each class's training count, for one or more "
+        "runs on one figure, and print the mean ratio of each shot group. The runs must "
+        "have been trained with --set train.monitor_conflicts=true.",
+    )
     a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding conflicts.csv")
-    a.add_argument("--out", metavar="FILE.png", help="where to write the figure (default: "
-                   "RUN_DIR/conflicts.png of the first run)")
-    a.add_argument("--all-epochs", action="store_true", help="pool the pair counts of every epoch instead of "
-                   "using the last epoch only")
+    a.add_argument(
+        "--out", metavar="FILE.png", help="where to write the figure (default: RUN_DIR/conflicts.png of the first run)"
+    )
+    a.add_argument(
+        "--all-epochs",
+        action="store_true",
+        help="pool the pair counts of every epoch instead of using the last epoch only",
+    )
     a.set_defaults(run=cmd_conflicts)
 
-    a = analyses.add_parser("tsne", help="t-SNE of the learned projections of chosen classes (Fig. 5)",
-                            description="Embed the images of chosen classes with a checkpoint "
-                            "(unit-norm projections, or backbone features when the model has no projection "
-                            "head), run t-SNE and plot them: many-shot classes in saturated colours, "
-                            "few-shot ones lighter.")
-    a.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="checkpoint_last.pt or checkpoint_best.pt of a run")
-    a.add_argument("--classes", default="many:5,few:5", metavar="SPEC",
-                   help="random classes per shot group, e.g. many:5,medium:3,few:5 (seeded), or class "
-                   "indices such as 0,3,7 (default: many:5,few:5)")
+    a = analyses.add_parser(
+        "tsne",
+        help="t-SNE of the learned projections of chosen classes (Fig. 5)",
+        description="Embed the images of chosen classes with a checkpoint "
+        "(unit-norm projections, or backbone features when the model has no projection "
+        "head), run t-SNE and plot them: many-shot classes in saturated colours, "
+        "few-shot ones lighter.",
+    )
+    a.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="checkpoint_last.pt or checkpoint_best.pt of a run"
+    )
+    a.add_argument(
+        "--classes",
+        default="many:5,few:5",
+        metavar="SPEC",
+        help="random classes per shot group, e.g. many:5,medium:3,few:5 (seeded), or class "
+        "indices such as 0,3,7 (default: many:5,few:5)",
+    )
     a.add_argument("--split", choices=["val", "test"], default="test", help="which images (default: test)")
-    a.add_argument("--out", metavar="FILE.png", help="where to write the figure (default: "
-                   "tsne_<split>.png beside the checkpoint)")
-    a.add_argument("--seed", type=int, default=0,
-                   help="seed of the class and image choice and of t-SNE (default 0)")
-    a.add_argument("--max-per-class", type=int, default=0, metavar="N",
-                   help="at most N random images per class (default 0: all)")
-    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value of the checkpoint's config, e.g. --set data.root=PATH when the "
-                   "data moved, or data.few_threshold=10 (repeatable)")
-    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    a.add_argument(
+        "--out", metavar="FILE.png", help="where to write the figure (default: tsne_<split>.png beside the checkpoint)"
+    )
+    a.add_argument("--seed", type=int, default=0, help="seed of the class and image choice and of t-SNE (default 0)")
+    a.add_argument(
+        "--max-per-class", type=int, default=0, metavar="N", help="at most N random images per class (default 0: all)"
+    )
+    add_set_option(
+        a,
+        "the checkpoint's config that leaves its model unchanged (data.root when the data moved, "
+        "data.few_threshold, loader settings)",
+        example="--set data.few_threshold=10",
+    )
+    add_device_option(a)
     a.set_defaults(run=cmd_tsne)
 
-    p = commands.add_parser("sweep", help="train a grid of settings times seeds and tabulate mean ± std",
-                            description="Train every combination of --grid values (cartesian product) for "
-                            "seeds 0..N-1, one run directory each under --out, then write sweep.md, "
-                            "sweep.csv and plots of top-1 accuracy per setting (Fig. 4b) and against a "
-                            "numeric key (Fig. 4c).",
-                            epilog=SWEEP_EPILOG, formatter_class=formatter)
+    p = commands.add_parser(
+        "sweep",
+        help="train a grid of settings times seeds and tabulate mean ± std",
+        description="Train every combination of --grid values (cartesian product) for "
+        "seeds 0..N-1, one run directory each under --out, then write sweep.md, "
+        "sweep.csv and plots of top-1 accuracy per setting (Fig. 4b) and against a "
+        "numeric key (Fig. 4c).",
+        epilog=SWEEP_EPILOG,
+        formatter_class=formatter,
+    )
     p.add_argument("-c", "--config", required=True, help="YAML config file (see configs/)")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a config key and the values to try (repeatable; values are checked like --set)")
-    p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="train seeds 0..N-1 of every setting (default 1)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help=SET_HELP + "; applies to every run")
-    p.add_argument("--out", metavar="DIR", help="output directory of the runs and tables (default: "
-                   "runs/sweep_<config name>)")
-    p.add_argument("--print-commands", action="store_true",
-                   help="print one torchrun command per run (shell-quoted) and run nothing")
-    p.add_argument("--nproc-per-node", type=int, metavar="G", help="processes per torchrun command (with "
-                   "--print-commands; default 1)")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a config key and the values to try (repeatable; values are checked like --set)",
+    )
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="train seeds 0..N-1 of every setting (default 1)")
+    add_set_option(p, "the config for every run")
+    p.add_argument(
+        "--out", metavar="DIR", help="output directory of the runs and tables (default: runs/sweep_<config name>)"
+    )
+    p.add_argument(
+        "--print-commands",
+        action="store_true",
+        help="print one torchrun command per run (shell-quoted) and run nothing",
+    )
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="G",
+        help="processes per torchrun command (with --print-commands; default 1)",
+    )
     p.set_defaults(run=cmd_sweep)
 
-    p = commands.add_parser("compare", help="table of finished runs grouped into settings (mean ± std)",
-                            description="Group finished runs whose resolved configs differ only in "
-                            "train.seed, train.run_name and train.output_dir, and print Many / Medium / "
-                            "Few / All as mean ± std over each group. Rows are labelled by the config values "
-                            "that differ.")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding results.json")
+    p = commands.add_parser(
+        "compare",
+        help="table of finished runs grouped into settings (mean ± std)",
+        description="Group finished runs whose resolved configs differ only in "
+        "train.seed, train.run_name and train.output_dir, and print Many / Medium / "
+        "Few / All as mean ± std over each group. Rows are labelled by the config values "
+        "that differ.",
+    )
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directories holding results.json (files among them, such as a sweep's sweep.csv, are skipped)",
+    )
     p.add_argument("--out", metavar="FILE.md", help="also write the table as Markdown, and as CSV next to it")
     p.set_defaults(run=cmd_compare)

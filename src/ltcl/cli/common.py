@@ -23,15 +23,18 @@ class UserError(Exception):
     """Raised for mistakes the user can fix; printed without a traceback."""
 
 
-def add_set_option(parser: argparse.ArgumentParser, what: str = "the config") -> None:
+def add_set_option(
+    parser: argparse.ArgumentParser,
+    what: str = "the config",
+    example: str = "--set optim.lr=0.1 --set views.sizes=32,32,24,24",
+) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a value of {what}, e.g. --set optim.lr=0.1 --set views.sizes=32,32,24,24 "
-        "(repeatable; types are checked)",
+        help=f"override a value of {what}, e.g. {example} (repeatable; types are checked)",
     )
 
 

@@ -15,9 +15,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     from ltcl.config import load_config
     from ltcl.data.build import build_data, describe, format_description
     from ltcl.data.datasets import LEFT_OUT, check_images
+    from ltcl.engine.recipe import model_views
 
     cfg = load_config(args.config, args.overrides)
-    bundle = build_data(cfg)
+    bundle = build_data(cfg, views=model_views(cfg))
     info = describe(cfg, bundle)
     problems = []
     if args.check:

@@ -8,7 +8,7 @@ from ltcl.cli.common import UserError, add_set_option
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ltcl.analysis.plots import make_run_plots
+    from ltcl.analysis.run_plots import make_run_plots
     from ltcl.config import load_config
     from ltcl.engine.resume import plan_resume
     from ltcl.engine.rundir import RunDir

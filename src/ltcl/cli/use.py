@@ -40,14 +40,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             entry = {"path": str(path)}
             entry |= {"error": problem} if problem else {"top": [{"class": n, "probability": p} for n, p in top]}
             print(json.dumps(entry), flush=True)
-        elif problem:
-            print(f"{path}\n  error: {problem}")
+        elif problem:  # on stderr, so that stdout holds the predictions alone
+            print(f"{path}: error: {problem}", file=sys.stderr)
         else:
             print(path)
             for rank, (name, probability) in enumerate(top, 1):
                 print(f"  {rank}. {name:<24} {100 * probability:6.2f}%")
     if failures:
-        print(f"ltcl predict: error: {failures} image(s) could not be read (listed above).", file=sys.stderr)
+        print(f"ltcl predict: error: {failures} image(s) could not be read (named above).", file=sys.stderr)
         return USER_MISTAKE
     return 0
 
@@ -61,7 +61,11 @@ def register(commands) -> None:
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint_best.pt or checkpoint_last.pt")
     p.add_argument("--split", choices=["val", "test"], default="test", help="which split (default: test)")
-    add_set_option(p, "the checkpoint's config (data paths, loader settings, shot-group thresholds)")
+    add_set_option(
+        p,
+        "the checkpoint's config (data paths, loader settings, shot-group thresholds)",
+        example="--set data.root=/new/place/of/the/data",
+    )
     add_device_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(run=cmd_eval)
@@ -96,6 +100,6 @@ def register(commands) -> None:
         help="images per forward pass (default: the config's data.eval_batch_size)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per image (path, top or error)")
-    add_set_option(p, "the checkpoint's config")
+    add_set_option(p, "the checkpoint's config", example="--set data.eval_batch_size=64")
     add_device_option(p)
     p.set_defaults(run=cmd_predict)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ltcl.config import Config
+from ltcl.config import Config, ViewsConfig
 from ltcl.data.augment import build_test_transform
 from ltcl.data.datasets import LabelledDataset, build_split
 from ltcl.data.longtail import SHOT_GROUPS, shot_groups
@@ -39,10 +39,18 @@ class DataBundle:
         return len(self.train_counts)
 
 
-def build_data(cfg: Config, *, splits: tuple[str, ...] = ("train", "val", "test")) -> DataBundle:
-    """Builds the configured datasets (only ``splits``; the training split is always read for its counts)."""
-    train = build_split(cfg.data, "train", build_multiview_transform(cfg.views))
-    test_transform = build_test_transform(cfg.views)
+def build_data(
+    cfg: Config, *, splits: tuple[str, ...] = ("train", "val", "test"), views: ViewsConfig | None = None
+) -> DataBundle:
+    """Builds the configured datasets (only ``splits``; the training split is always read for its counts).
+
+    Args:
+        views: the view settings with the backbone's sizes and normalisation filled in (``cfg.views`` when None;
+            the engine resolves them, since data never imports the models).
+    """
+    views = views or cfg.views
+    train = build_split(cfg.data, "train", build_multiview_transform(views))
+    test_transform = build_test_transform(views)
     val = build_split(cfg.data, "val", test_transform) if "val" in splits else None
     test = build_split(cfg.data, "test", test_transform) if "test" in splits else None
     counts = train.class_counts()
@@ -51,9 +59,7 @@ def build_data(cfg: Config, *, splits: tuple[str, ...] = ("train", "val", "test"
         raise ValueError(
             f"The training set has classes without images ({', '.join(empty)}...): every class needs at least one."
         )
-    view_counts = contrastive_view_counts(
-        counts, cfg.views, many=cfg.data.many_threshold, few=cfg.data.few_threshold
-    )
+    view_counts = contrastive_view_counts(counts, views, many=cfg.data.many_threshold, few=cfg.data.few_threshold)
     return DataBundle(train, val, test, counts, list(train.classes), view_counts)
 
 
@@ -92,6 +98,7 @@ def _view_sizes(cfg: Config) -> list[int]:
 
 def format_description(info: dict[str, Any]) -> str:
     """The human-readable form of :func:`describe`."""
+
     def size(n):
         return "none" if n is None else f"{n:,}"
 
@@ -106,8 +113,8 @@ def format_description(info: dict[str, Any]) -> str:
         f"imbalance factor  {info['imbalance_factor']:.1f}",
         f"shot groups       many {groups['many']} / medium {groups['medium']} / few {groups['few']} classes",
         f"views per image   {info['num_views']} of sizes {info['view_sizes']}",
-        "contrastive views " + " / ".join(
-            f"{name} {'n/a' if views[name] is None else views[name]}" for name in SHOT_GROUPS
-        ) + f" ({info['contrastive_mode']})",
+        "contrastive views "
+        + " / ".join(f"{name} {'n/a' if views[name] is None else views[name]}" for name in SHOT_GROUPS)
+        + f" ({info['contrastive_mode']})",
     ]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ltcl.config import Config
+from ltcl.config import ViewsConfig
 from ltcl.data.sampling import EpochBatchSampler
 from ltcl.data.views import assemble_views
 
@@ -35,7 +35,8 @@ class DeviceViewLoader:
     """Iterates over :class:`MultiViewBatch` es built on ``device`` (a drop-in for the training DataLoader).
 
     Args:
-        cfg: the run's config (views, seed).
+        views_cfg: the view settings (backbone sizes and normalisation resolved).
+        seed: the run's seed.
         dataset: in-memory training dataset (``images`` (N, H, W, 3) uint8, ``targets``).
         sampler: the run's batch sampler; its ``set_epoch`` selects the epoch and first batch.
         view_counts: (C,) how many views of an image of each class feed the contrastive loss.
@@ -43,16 +44,22 @@ class DeviceViewLoader:
     """
 
     def __init__(
-        self, cfg: Config, dataset, sampler: EpochBatchSampler, view_counts: Tensor, device: torch.device
+        self,
+        views_cfg: ViewsConfig,
+        seed: int,
+        dataset,
+        sampler: EpochBatchSampler,
+        view_counts: Tensor,
+        device: torch.device,
     ) -> None:
         from ltcl.data.augment import build_batch_views
 
-        self.views = build_batch_views(cfg.views)
+        self.views = build_batch_views(views_cfg)
         self.images, self.labels = resident_images(dataset, device)
         self.sampler = sampler
         self.view_counts = view_counts.to(device)
         self.device = device
-        self.seed = cfg.train.seed
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -76,12 +83,18 @@ class DeviceEvalBatches:
     """
 
     def __init__(
-        self, cfg: Config, dataset, device: torch.device, batch_size: int, rank: int = 0, world_size: int = 1
+        self,
+        views_cfg: ViewsConfig,
+        dataset,
+        device: torch.device,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         from ltcl.data.augment import normalize_batch
 
         images, labels = resident_images(dataset, device)
-        self.images = normalize_batch(images[rank::world_size].float().div_(255.0), cfg.views)
+        self.images = normalize_batch(images[rank::world_size].float().div_(255.0), views_cfg)
         self.labels = labels[rank::world_size]
         self.batch_size = batch_size
 
@@ -93,8 +106,8 @@ class DeviceEvalBatches:
             yield self.images[begin : begin + self.batch_size], self.labels[begin : begin + self.batch_size]
 
 
-def device_eval_supported(cfg: Config, dataset) -> bool:
+def device_eval_supported(views_cfg: ViewsConfig, dataset) -> bool:
     """Whether the split can be evaluated from resident tensors (in memory, test transform = normalisation)."""
     images = getattr(dataset, "images", None)
-    side = cfg.views.test_size
-    return images is not None and cfg.views.test_resize in (0, side) and images.shape[1] == images.shape[2] == side
+    side = views_cfg.test_size
+    return images is not None and views_cfg.test_resize in (0, side) and images.shape[1] == images.shape[2] == side

@@ -22,6 +22,7 @@ from ltcl.config.schema import ImbalanceProfile
 
 PROFILES = get_args(ImbalanceProfile)  # the config's legal values: one list, in the schema
 SHOT_GROUPS = ("many", "medium", "few")  # names of the indices 0, 1, 2 that shot_groups returns
+ACCURACY_COLUMNS = (*SHOT_GROUPS, "all")  # the columns of every accuracy table, in percent
 
 
 def longtail_counts(num_classes: int, max_count: int, imbalance_factor: float, profile: str = "exp") -> list[int]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from ltcl.config import Config
 from ltcl.data.build import DataBundle
-from ltcl.data.longtail import SHOT_GROUPS, shot_groups
-from ltcl.engine.evaluate import ACCURACY_COLUMNS, format_cell
+from ltcl.data.longtail import ACCURACY_COLUMNS, SHOT_GROUPS, shot_groups
+from ltcl.engine.evaluate import format_cell
 from ltcl.engine.objective import uses_projections
 from ltcl.engine.recipe import ParameterCounts
 

@@ -16,8 +16,6 @@ import torch
 from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 from ltcl.dist import all_reduce_sum
 
-ACCURACY_COLUMNS = (*SHOT_GROUPS, "all")  # the columns of every accuracy table, in percent
-
 
 class NonFiniteOutput(ValueError):
     """The model produced NaN or inf logits: its accuracy would mean nothing, so none is reported."""

@@ -20,7 +20,7 @@ from ltcl.data.datasets import IMAGE_EXTENSIONS, build_split, load_image
 from ltcl.engine.checkpoint import load_checkpoint, non_finite_tensors
 from ltcl.engine.distributed import pick_device
 from ltcl.engine.evaluate import EvalResult, autocast_context, evaluate
-from ltcl.engine.recipe import build_model, loader_options
+from ltcl.engine.recipe import build_model, loader_options, model_views
 from ltcl.engine.resume import EVAL_MAY_CHANGE, checked_config, from_dict_values
 from ltcl.engine.runtime import resolve_amp
 from ltcl.losses.functional import log_prior
@@ -59,7 +59,7 @@ def load_trained_model(path: str | Path, overrides: Sequence[str] = (), device: 
     cfg = from_dict(values)
     resolved = pick_device(device, key="--device")
     counts = list(checkpoint["class_counts"])
-    model, _ = build_model(cfg, len(counts), resolved, load_weights=False)
+    model, _ = build_model(cfg, len(counts), resolved, class_names=checkpoint["class_names"], load_weights=False)
     broken = non_finite_tensors(checkpoint["model"])
     if broken:
         raise BrokenModel(
@@ -77,7 +77,8 @@ def evaluation_split(trained: TrainedModel, split: str):
     """The ``val`` or ``test`` dataset of the checkpoint's config with the test transform (only that split is
     read: the class names come from the checkpoint); a missing split is a ValueError."""
     cfg = trained.cfg
-    dataset = build_split(cfg.data, split, build_test_transform(cfg.views), class_names=trained.class_names)
+    transform = build_test_transform(model_views(cfg))
+    dataset = build_split(cfg.data, split, transform, class_names=trained.class_names)
     if dataset is None:
         raise ValueError(
             f"Dataset {cfg.data.dataset} has no '{split}' split here (set data.{split}_list, "
@@ -146,7 +147,7 @@ def predict_images(
     """
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}.")
-    transform = build_test_transform(trained.cfg.views)
+    transform = build_test_transform(model_views(trained.cfg))
     size = batch_size or trained.cfg.data.eval_batch_size
     adjustment = logit_adjust_tau * log_prior(trained.class_counts, device=trained.device)
     for begin in range(0, len(paths), size):

@@ -7,35 +7,42 @@ one always match the others.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ltcl.config import Config
+from ltcl.config import Config, ViewsConfig
+from ltcl.data.augment import resolve_views
 from ltcl.data.build import DataBundle
 from ltcl.data.device_loader import DeviceEvalBatches, DeviceViewLoader, device_eval_supported
 from ltcl.data.sampling import EpochBatchSampler, SeededDataset, ShardSampler
 from ltcl.data.views import MultiViewCollate
 from ltcl.engine.distributed import DistributedContext
-from ltcl.engine.objective import uses_projections
-from ltcl.models import apply_trainable, build_network
-
-
-@dataclass(frozen=True)
-class ParameterCounts:
-    trainable: int
-    total: int
+from ltcl.engine.loop import MultiViewForward
+from ltcl.engine.objective import Objective, uses_projections
+from ltcl.engine.runtime import resolve_amp
+from ltcl.engine.state import EpochProgress, NonFiniteFlag, TrainState
+from ltcl.models import ParameterCounts, apply_finetune, build_network, input_spec
 
 
 def build_model(
-    cfg: Config, num_classes: int, device: torch.device, *, load_weights: bool = True, sync_bn: bool = False
+    cfg: Config,
+    num_classes: int,
+    device: torch.device,
+    *,
+    class_names: Sequence[str] | None = None,
+    load_weights: bool = True,
+    sync_bn: bool = False,
 ) -> tuple[nn.Module, ParameterCounts]:
-    """The network of ``cfg`` on ``device``, with its trainable parameters chosen.
+    """The network of ``cfg`` on ``device``, with its trainable parameters chosen (``model.finetune``).
 
     Args:
-        load_weights: read ``model.weights`` (False when a checkpoint supplies every weight: resume, eval).
+        class_names: the C class names (the zero-shot head of an OpenCLIP backbone reads them).
+        load_weights: read pretrained or local weights (False when a checkpoint supplies every weight: resume,
+            eval; nothing is then downloaded or read).
         sync_bn: convert BatchNorm layers for multi-process training.
 
     Returns:
@@ -45,16 +52,20 @@ def build_model(
     if not uses_projections(cfg.loss.objective):
         model_cfg = replace(model_cfg, projection_dim=0)  # no contrastive term: no head (DDP needs every param used)
     if not load_weights:
-        model_cfg = replace(model_cfg, weights="")
-    model = build_network(model_cfg, num_classes)
-    trainable = apply_trainable(model, cfg.model.trainable)
-    counts = ParameterCounts(trainable, sum(p.numel() for p in model.parameters()))
+        model_cfg = replace(model_cfg, weights="", pretrained=False, zero_shot_head=False)
+    model = build_network(model_cfg, num_classes, class_names)
+    counts = apply_finetune(model, model_cfg)
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     return model, counts
+
+
+def model_views(cfg: Config) -> ViewsConfig:
+    """``views`` with the sizes and normalisation that the backbone defines (0 sizes, ``normalization: model``)."""
+    return resolve_views(cfg.views, input_spec(cfg.model))
 
 
 def build_optimizer(cfg: Config, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -109,8 +120,9 @@ def eval_loader(cfg: Config, dataset, ctx: DistributedContext):
     """Batches of ``(images, labels)`` of one evaluation split, this process's shard only (None for no split)."""
     if dataset is None:
         return None
-    if cfg.data.augment_on == "device" and device_eval_supported(cfg, dataset):
-        return DeviceEvalBatches(cfg, dataset, ctx.device, cfg.data.eval_batch_size, ctx.rank, ctx.world_size)
+    views = model_views(cfg)
+    if cfg.data.augment_on == "device" and device_eval_supported(views, dataset):
+        return DeviceEvalBatches(views, dataset, ctx.device, cfg.data.eval_batch_size, ctx.rank, ctx.world_size)
     shard = ShardSampler(len(dataset), ctx.rank, ctx.world_size)
     return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, sampler=shard, **loader_options(cfg, ctx.device))
 
@@ -121,7 +133,8 @@ def train_loader(cfg: Config, data: DataBundle, ctx: DistributedContext):
         len(data.train), cfg.data.batch_size, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size
     )
     if cfg.data.augment_on == "device":
-        return sampler, DeviceViewLoader(cfg, data.train, sampler, data.view_counts, ctx.device)
+        views = model_views(cfg)
+        return sampler, DeviceViewLoader(views, cfg.train.seed, data.train, sampler, data.view_counts, ctx.device)
     loader = DataLoader(
         SeededDataset(data.train),
         batch_sampler=sampler,
@@ -129,3 +142,42 @@ def train_loader(cfg: Config, data: DataBundle, ctx: DistributedContext):
         **loader_options(cfg, ctx.device),
     )
     return sampler, loader
+
+
+def build_train_state(
+    cfg: Config, data: DataBundle, ctx: DistributedContext, *, load_weights: bool = True
+) -> tuple[TrainState, ParameterCounts, tuple[str, str]]:
+    """Model, objective, optimiser and their :class:`TrainState`, ready for the first step.
+
+    Returns:
+        The state, the model's parameter counts, and the resolved precision with its reason.
+    """
+    steps_per_epoch = len(data.train) // cfg.data.batch_size
+    if cfg.train.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    amp = resolve_amp(cfg.train.amp, ctx.device)
+    model, params = build_model(
+        cfg, data.num_classes, ctx.device, load_weights=load_weights, sync_bn=cfg.model.sync_bn and ctx.enabled
+    )
+    objective = Objective(
+        cfg.loss,
+        data.train_counts,
+        projection_dim=cfg.model.projection_dim,
+        feature_dim=model.feature_dim,
+        hidden_dim=cfg.model.projection_hidden,
+        epochs=cfg.optim.epochs,
+        gather_distributed=ctx.enabled,
+    ).to(ctx.device)
+    heads = objective.trainable_heads()
+    optimizer = build_optimizer(cfg, [p for p in [*model.parameters(), *heads.parameters()] if p.requires_grad])
+    run = torch.compile(model) if cfg.train.compile else model
+    forward: nn.Module = MultiViewForward(model, run, heads)
+    if ctx.enabled:
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+    scaler = torch.amp.GradScaler("cuda") if amp[0] == "fp16" else None
+    progress = EpochProgress.empty(data.num_classes, ctx.device)
+    state = TrainState(cfg, ctx, model, forward, objective, optimizer, scaler, progress, amp[0], steps_per_epoch)
+    state.nonfinite = NonFiniteFlag.create(0, ctx.device)
+    return state, params, amp

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from ltcl.config import Config, save_config
-from ltcl.engine.evaluate import ACCURACY_COLUMNS
+from ltcl.data.longtail import ACCURACY_COLUMNS
 
 METRIC_COLUMNS = [
     "epoch", "step", "lr", "loss", "loss_cls", "loss_con", "train_acc", "images_per_s", "epoch_seconds",

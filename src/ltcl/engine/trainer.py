@@ -30,13 +30,14 @@ from ltcl.engine.interrupts import InterruptGuard
 from ltcl.engine.loop import train_one_epoch
 from ltcl.engine.monitor import StepMonitor, show_progress_bar
 from ltcl.engine.objective import parse_objective
-from ltcl.engine.recipe import build_train_state, eval_loader, loader_workers, train_loader
+from ltcl.engine.recipe import build_train_state, eval_loader, loader_workers, model_views, train_loader
 from ltcl.engine.report import code_revision, final_report
 from ltcl.engine.resume import ResumePlan
 from ltcl.engine.rundir import RunDir
 from ltcl.engine.runtime import keep_freed_memory
 from ltcl.engine.schedule import check_schedule, learning_rate
 from ltcl.engine.state import EpochProgress, NonFiniteFlag, TrainState
+from ltcl.engine.tensorboard import TensorBoardLog
 
 
 @dataclass
@@ -140,7 +141,7 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> T
         return TrainResult(run_dir.path, None, already_finished=True)
 
     # Data
-    data = build_data(cfg)
+    data = build_data(cfg, views=model_views(cfg))
     if resume is not None and list(resume.checkpoint["class_counts"]) != list(data.train_counts):
         raise ValueError(
             f"The data of this resume has other class counts than the checkpoint {resume.checkpoint_path} "
@@ -199,6 +200,7 @@ def _epochs(
     cfg, ctx = state.cfg, state.ctx
     history: list[dict] = []
     last_eval = None
+    board = TensorBoardLog(run_dir.path, cfg.train.tensorboard and ctx.is_main)
     with InterruptGuard() as guard:
         monitor = StepMonitor(state, checkpointer, guard, show_progress_bar(cfg.train.progress, ctx.is_main))
         while state.epoch < cfg.optim.epochs:
@@ -233,12 +235,14 @@ def _epochs(
             checkpointer.save_last(state)
             if ctx.is_main:
                 run_dir.append_metrics(row)
+                board.log_epoch(row)
                 if conflicts is not None:
                     run_dir.append_conflicts(row["epoch"], *conflicts.tolist(), data.train_counts)
                 print(epoch_summary(row, cfg.optim.epochs))
             history.append(row)
             if guard.requested:  # a signal during evaluation: the epoch is saved, stop before the next one
                 raise monitor.interrupted()
+    board.close()
     return history, last_eval
 
 

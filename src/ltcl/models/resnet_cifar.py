@@ -126,5 +126,10 @@ def resnet56() -> CifarResNet:
     return CifarResNet(56)
 
 
-CIFAR_RESNETS = {"resnet8": resnet8, "resnet20": resnet20, "resnet32": resnet32, "resnet44": resnet44,
-                 "resnet56": resnet56}
+CIFAR_RESNETS = {
+    "resnet8": resnet8,
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet44": resnet44,
+    "resnet56": resnet56,
+}

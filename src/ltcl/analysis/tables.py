@@ -1,0 +1,124 @@
+"""Tables of finished runs: Many / Medium / Few / All test accuracy as mean ± std over the seeds of each setting.
+
+``ltcl sweep`` tabulates its grid with :func:`summarize`; ``ltcl compare`` groups hand-made runs by their
+resolved configs with :func:`compare_runs`. Both print :func:`results_table` and write :func:`write_csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltcl.config import flatten
+from ltcl.data.longtail import ACCURACY_COLUMNS
+from ltcl.engine.evaluate import format_cell
+from ltcl.engine.rundir import RunDir
+
+# What ltcl compare ignores when grouping runs into settings: the seeds of a setting and where each run lives.
+COMPARE_IGNORES = frozenset({"train.seed", "train.run_name", "train.output_dir"})
+HEADERS = [c.capitalize() for c in ACCURACY_COLUMNS]  # Many, Medium, Few, All
+
+
+@dataclass
+class SettingRow:
+    """One row of a results table: a setting and its runs over seeds.
+
+    Attributes:
+        label: the row's name, e.g. ``loss.alpha=0.1``.
+        params: the config values that define the setting, as text.
+        run_dirs: the runs of the setting (one per seed).
+        stats: accuracy column -> (mean, sample std or None for one value), or None for a group without classes.
+    """
+
+    label: str
+    params: dict[str, str]
+    run_dirs: list[Path]
+    stats: dict[str, tuple[float, float | None] | None] = field(default_factory=dict)
+
+
+def summarize(label: str, params: dict[str, str], run_dirs: list[Path]) -> SettingRow:
+    """Mean and sample std (n - 1) over the runs of each test accuracy; None for a group without classes.
+
+    Raises:
+        FileNotFoundError: a run directory that does not exist or holds no results (named in the message).
+    """
+    tests = [RunDir(d).read_results()["test"] for d in run_dirs]
+    row = SettingRow(label, params, list(run_dirs))
+    for column in ACCURACY_COLUMNS:
+        values = np.array([t[column] for t in tests if t.get(column) is not None], dtype=np.float64)
+        if values.size == 0:
+            row.stats[column] = None
+        else:
+            row.stats[column] = (float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else None)
+    return row
+
+
+def format_stat(stat: tuple[float, float | None] | None) -> str:
+    """``52.60 ± 0.31``; a plain mean for a single seed; ``n/a`` for an empty group."""
+    if stat is None:
+        return "n/a"
+    mean, std = stat
+    return format_cell(mean) if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def results_table(rows: list[SettingRow]) -> str:
+    """Markdown table: setting, Many / Medium / Few / All (mean ± std, %), number of seeds."""
+    lines = [f"| setting | {' | '.join(HEADERS)} | seeds |", "| --- |" + " ---: |" * (len(HEADERS) + 1)]
+    for r in rows:
+        cells = " | ".join(format_stat(r.stats[c]) for c in ACCURACY_COLUMNS)
+        lines.append(f"| {r.label} | {cells} | {len(r.run_dirs)} |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[SettingRow], path: Path) -> None:
+    """The table as CSV: formatted cells plus the numbers behind them (mean and std per group)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r.params))
+    header = ["setting", *keys, *HEADERS, "seeds"]
+    header += [f"{c}_{s}" for c in ACCURACY_COLUMNS for s in ("mean", "std")]
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        for r in rows:
+            numbers = []
+            for c in ACCURACY_COLUMNS:
+                mean, std = r.stats[c] or (None, None)
+                numbers += ["" if mean is None else f"{mean:.4f}", "" if std is None else f"{std:.4f}"]
+            cells = [format_stat(r.stats[c]) for c in ACCURACY_COLUMNS]
+            writer.writerow([r.label, *(r.params.get(k, "") for k in keys), *cells, len(r.run_dirs), *numbers])
+
+
+def _text(value: Any) -> str:
+    """A config value as a row label shows it: strings as they are, everything else as JSON (0.1, [32, 24])."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def compare_runs(run_dirs: list[str | Path]) -> list[SettingRow]:
+    """Groups runs whose configs are identical except seed, run name and output dir; labels each group by the
+    config values that differ between groups (the first run directory's name when none differ).
+
+    Raises:
+        FileNotFoundError: a run directory that does not exist or holds no results.json (named in the message).
+    """
+    groups: dict[tuple, list[Path]] = {}
+    flats: dict[tuple, dict[str, str]] = {}
+    for d in map(Path, run_dirs):
+        run = RunDir(d)
+        run.read_results()  # fail early, naming the directory
+        values = run.read_config()
+        values.pop("run", None)
+        flat = {k: _text(v) for k, v in flatten(values).items() if k not in COMPARE_IGNORES}
+        key = tuple(sorted(flat.items()))
+        groups.setdefault(key, []).append(d)
+        flats[key] = flat
+    all_keys = sorted({k for f in flats.values() for k in f})
+    differing = [k for k in all_keys if len({f.get(k) for f in flats.values()}) > 1]
+    rows = []
+    for key, dirs in groups.items():
+        label = ", ".join(f"{k}={flats[key].get(k, '(unset)')}" for k in differing) or dirs[0].name
+        rows.append(summarize(label, {k: flats[key].get(k, "") for k in differing}, dirs))
+    return rows

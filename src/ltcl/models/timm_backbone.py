@@ -1,0 +1,123 @@
+"""Any timm model as a pooled feature extractor: ``model.backbone: timm/<name>`` (extra ``ltcl[timm]``).
+
+The model is built by ``timm.create_model(name, pretrained=..., num_classes=0, **backbone_kwargs)``, so its
+forward pass ends at the pooled pre-logits features. Pretrained weights come through timm's own cache (the
+Hugging Face hub cache, or torch hub's for older url-only weights) and are fetched only when
+``model.pretrained`` is true.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+from torch import nn
+
+from ltcl.models.inputs import InputSpec, make_input_spec
+from ltcl.models.optional import import_optional
+
+# Set by ltcl itself; a user value would clash with the feature-extractor contract.
+_RESERVED_KWARGS = ("num_classes", "pretrained")
+
+
+def _timm(name: str) -> ModuleType:
+    return import_optional("timm", f"model.backbone timm/{name}")
+
+
+def _close_names(timm: ModuleType, arch: str) -> str:
+    close = timm.list_models(f"*{arch}*")[:5] or difflib.get_close_matches(arch, timm.list_models(), n=5)
+    return f"; close names: {', '.join(close)}" if close else "; timm.list_models('*part*') lists the names"
+
+
+def pretrained_cfg(timm: ModuleType, name: str) -> Any:
+    """timm's pretrained config of ``name`` (``arch`` or ``arch.tag``), or None when it registers none.
+
+    Raises:
+        ValueError: the architecture or the tag is unknown.
+    """
+    if not name:
+        raise ValueError("model.backbone 'timm/' needs a model name after the slash, e.g. timm/convnext_tiny.")
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(name):
+        raise ValueError(f"timm has no model '{arch}' (model.backbone timm/{name}){_close_names(timm, arch)}.")
+    try:
+        return timm.get_pretrained_cfg(name)
+    except RuntimeError as err:  # a known architecture with an unknown tag
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        raise ValueError(
+            f"timm model '{arch}' has no pretrained tag '{tag}' (model.backbone timm/{name}); its tags are "
+            f"{', '.join(tags[:10]) or 'none'}{' ...' if len(tags) > 10 else ''}."
+        ) from err
+
+
+def _weights_location(cfg: Any, kwargs: Mapping[str, Any]) -> str:
+    """Where timm looks for the pretrained file of ``cfg`` (mirrors timm's choice of source)."""
+    if kwargs.get("cache_dir"):
+        return f"the cache directory {kwargs['cache_dir']} (model.backbone_kwargs.cache_dir)"
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants  # a timm dependency; read now, after the environment is set
+
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        return f"the Hugging Face hub cache {constants.HF_HUB_CACHE}{offline}"
+    import torch.hub
+
+    return f"the torch hub cache {os.path.join(torch.hub.get_dir(), 'checkpoints')}"
+
+
+def build_timm_backbone(name: str, pretrained: bool | str, kwargs: Mapping[str, Any]) -> tuple[nn.Module, int]:
+    """Builds ``timm/<name>`` without its classifier.
+
+    Args:
+        name: timm model name, optionally with a pretrained tag ("vit_base_patch16_clip_224.openai").
+        pretrained: True loads timm's pretrained weights (downloading them when not cached).
+        kwargs: model.backbone_kwargs, passed to ``timm.create_model`` (img_size, drop_path_rate, ...).
+
+    Returns:
+        (backbone, feature_dim): (B, 3, H, W) images -> (B, feature_dim) pooled features.
+    """
+    timm = _timm(name)
+    if isinstance(pretrained, str):
+        raise ValueError(
+            f"model.pretrained for timm/{name} must be true or false, got '{pretrained}': a timm pretrained tag "
+            f"goes into the name, e.g. timm/{name.partition('.')[0]}.<tag>."
+        )
+    reserved = [k for k in _RESERVED_KWARGS if k in kwargs]
+    if reserved:
+        raise ValueError(f"model.backbone_kwargs must not set {', '.join(reserved)}: ltcl sets it for timm/{name}.")
+    cfg = pretrained_cfg(timm, name)
+    if pretrained and not (cfg and (cfg.hf_hub_id or cfg.url or cfg.file)):
+        raise ValueError(f"timm model '{name}' has no pretrained weights (model.pretrained); set it to false.")
+    try:
+        model = timm.create_model(name, pretrained=bool(pretrained), num_classes=0, **kwargs)
+    except OSError as err:  # hub and url downloads fail with OSError subclasses (offline, no network, no file)
+        if not pretrained:
+            raise
+        raise ValueError(
+            f"The pretrained weights of timm model '{name}' are not in {_weights_location(cfg, kwargs)} and could "
+            f"not be downloaded ({type(err).__name__}); run once with network access, or give a local file as "
+            "model.weights with model.pretrained false."
+        ) from err
+    except (TypeError, AssertionError) as err:  # an unknown or ill-typed constructor argument
+        raise ValueError(f"timm could not build '{name}' with model.backbone_kwargs {dict(kwargs)} ({err}).") from err
+    # head_hidden_size: the pooled width when a pre-logits layer follows the pooling (MobileNetV3's conv_head)
+    feature_dim = getattr(model, "head_hidden_size", None) or model.num_features
+    return model, int(feature_dim)
+
+
+def timm_input_spec(name: str, kwargs: Mapping[str, Any]) -> InputSpec:
+    """Input size, mean and std of ``timm/<name>`` from its pretrained config; no weights are read.
+
+    ``backbone_kwargs.img_size`` (ViTs built for another resolution) overrides the config's size.
+    """
+    timm = _timm(name)
+    cfg = pretrained_cfg(timm, name)
+    if cfg is None:  # an architecture registered without any pretrained config: timm's own defaults
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        size, mean, std = 224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    else:
+        size, mean, std = cfg.input_size, cfg.mean, cfg.std
+    return make_input_spec(kwargs.get("img_size") or size, mean, std, f"timm/{name}")
