@@ -77,6 +77,7 @@ def command(args, setting: str, seed: int) -> list[str]:
         f"train.seed={seed}", f"train.output_dir={args.out}", f"train.run_name={run_name(setting, seed, args.epochs)}",
         "train.eval_every=1", f"train.checkpoint_every_steps={args.checkpoint_every}", "train.progress=false",
         *SETTINGS[setting][1],
+        *args.overrides,
     ]  # fmt: skip
     return [sys.executable, "-m", "ltcl.cli", "train", "-c", str(CONFIG), *[w for s in sets for w in ("--set", s)]]
 
@@ -154,6 +155,14 @@ def main():
     parser.add_argument("--only", nargs="*", choices=list(SETTINGS), help="settings to run (default: the plan)")
     parser.add_argument("--seeds", nargs="*", type=int, help="with --only: the seeds (default 0)")
     parser.add_argument("--csv", default=str(CSV), help="where the rows go")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra overrides for every run (smoke tests: --set train.max_steps_per_epoch=2)",
+    )
     parser.add_argument(
         "--pipeline",
         action="store_true",
