@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ltcl.losses import functional as LF
-from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
+from ltcl.losses.gpaco import GPaCoLoss, GPaCoWeights, gpaco_loss
 from tests.losses.rivals_reference import check_two_processes_equal_one, gpaco_reference
 
 COUNTS = [40, 15, 6, 3, 1]
@@ -46,7 +46,7 @@ def test_values_and_gradients_match_the_equation(pattern, setting):
     assert got_l.abs().sum() > 0
     # Features enter through the sample terms: only gamma = 0 without any sample positive leaves them out.
     assert (got_z.abs().sum() > 0) == (gamma > 0 or pattern != "singletons")
-    functional = gpaco_loss(z, y, logits, COUNTS, **kwargs)
+    functional = gpaco_loss(z, y, logits, COUNTS, GPaCoWeights(**kwargs))
     assert functional.item() == pytest.approx(got.item(), rel=1e-12)
 
 
@@ -147,7 +147,7 @@ def test_the_functional_api_validates_its_inputs():
     with pytest.raises(ValueError, match="logits"):
         gpaco_loss(z, y, logits.detach().index_fill(0, torch.tensor([1]), math.inf), COUNTS)
     with pytest.raises(ValueError, match="gamma"):
-        gpaco_loss(z, y, logits, COUNTS, gamma=-1.0)
+        gpaco_loss(z, y, logits, COUNTS, GPaCoWeights(gamma=-1.0))
     with pytest.raises(ValueError, match="logits"):
         GPaCoLoss(COUNTS)(z, y, logits[:, :3])
 

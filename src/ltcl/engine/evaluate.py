@@ -110,13 +110,11 @@ def evaluate(
     channels_last: bool = False,
     many: int = 100,
     few: int = 20,
-    logit_adjustment: torch.Tensor | None = None,
 ) -> EvalResult:
-    """Top-1 accuracy per class and per shot group, summed over processes.
+    """Top-1 accuracy per class and per shot group (``many`` / ``few`` thresholds), summed over processes.
 
-    Args:
-        logit_adjustment: optional (C,) vector subtracted from the logits before the argmax (post-hoc logit
-            adjustment, ``tau * log prior``).
+    Raises:
+        NonFiniteOutput: the logits hold NaN or inf (no accuracy of a broken model is reported).
     """
     logits, labels, _ = predict(model, loader, device, amp=amp, channels_last=channels_last)
     if not bool(torch.isfinite(logits).all()):
@@ -124,8 +122,6 @@ def evaluate(
             "The model's logits contain NaN or inf values, so no accuracy is reported: its weights "
             "are broken (a diverged run)."
         )
-    if logit_adjustment is not None:
-        logits = logits - logit_adjustment.to(logits)
     num_classes = len(train_counts)
     hits = (logits.argmax(1) == labels).to(torch.float64)
     correct = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, hits)

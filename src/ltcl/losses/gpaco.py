@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -64,17 +65,25 @@ def _check_weights(alpha: float, beta: float, gamma: float, temperature: float, 
             raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
 
 
+@dataclass(frozen=True)
+class GPaCoWeights:
+    """GPaCo's weights: ``alpha`` of the sample positives, ``beta`` of the own-centre positive, ``gamma`` of the
+    sample terms in the denominator, the temperature of the sample similarities and ``logit_temperature`` (the
+    code's ``supt``) dividing the centre logits. The defaults are the authors' CIFAR-100-LT values."""
+
+    alpha: float = 0.01
+    beta: float = 1.0
+    gamma: float = 1.0
+    temperature: float = 0.05
+    logit_temperature: float = 1.0
+
+
 def gpaco_per_anchor(
     features: Tensor,
     labels: Tensor,
     logits: Tensor,
     log_prior: Tensor,
-    *,
-    alpha: float,
-    beta: float,
-    gamma: float,
-    temperature: float,
-    logit_temperature: float = 1.0,
+    weights: GPaCoWeights,
     anchors: slice | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-anchor GPaCo terms ``L_i`` (module docstring); no value checks, no host synchronisation.
@@ -84,15 +93,15 @@ def gpaco_per_anchor(
         labels: (N,) int64 labels of ``features``.
         logits: (A, C) classifier logits of the anchors, the rows ``anchors`` of ``features``.
         log_prior: (C,) ``log(N_j / sum_k N_k)``.
-        alpha, beta, gamma: weights of the sample positives, of the own-centre positive and of the sample terms in
-            the denominator.
-        temperature: tau of the sample similarities; logit_temperature: ``t_c`` dividing the centre logits.
+        weights: alpha, beta, gamma and the two temperatures (:class:`GPaCoWeights`).
         anchors: contiguous rows of ``features`` that are anchors (all when None).
 
     Returns:
         loss: (A,) ``L_i``, 0 where the positive weights sum to 0; has_positive: (A,) bool.
     """
     start, stop = anchor_rows(anchors, features.shape[0])
+    alpha, beta, gamma = weights.alpha, weights.beta, weights.gamma
+    temperature, logit_temperature = weights.temperature, weights.logit_temperature
     dtype = torch.promote_types(compute_dtype(features), compute_dtype(logits))
     with torch.autocast(device_type=features.device.type, enabled=False):
         z = features.to(dtype)
@@ -125,12 +134,7 @@ def gpaco_loss(
     labels: Tensor,
     logits: Tensor,
     class_counts: Sequence[int] | Tensor,
-    *,
-    alpha: float = 0.01,
-    beta: float = 1.0,
-    gamma: float = 1.0,
-    temperature: float = 0.05,
-    logit_temperature: float = 1.0,
+    weights: GPaCoWeights = GPaCoWeights(),
 ) -> Tensor:
     """GPaCo loss (module docstring), validating every input (shapes, dtypes, label range, finiteness, weights).
 
@@ -139,13 +143,13 @@ def gpaco_loss(
         labels: (N,) int64 in [0, C).
         logits: (N, C) classifier logits of the same rows.
         class_counts: (C,) positive training counts ``N_j`` (the log prior of the centre logits).
-        alpha, beta, gamma, temperature, logit_temperature: see :func:`gpaco_per_anchor`.
+        weights: alpha, beta, gamma and the two temperatures (:class:`GPaCoWeights`).
 
     Returns:
         Scalar mean of ``L_i`` over anchors with a positive term; a zero with a gradient graph when there is none.
     """
     counts = check_class_counts(class_counts)
-    _check_weights(alpha, beta, gamma, temperature, logit_temperature)
+    _check_weights(weights.alpha, weights.beta, weights.gamma, weights.temperature, weights.logit_temperature)
     check_features(features)
     check_logits(logits, labels, counts.numel())
     if logits.shape[0] != features.shape[0]:
@@ -155,17 +159,7 @@ def gpaco_loss(
     if features.shape[0] == 0:
         return zero_with_graph(features) + zero_with_graph(logits)
     log_prior = (counts / counts.sum()).log()
-    loss, has_positive = gpaco_per_anchor(
-        features,
-        labels,
-        logits,
-        log_prior,
-        alpha=alpha,
-        beta=beta,
-        gamma=gamma,
-        temperature=temperature,
-        logit_temperature=logit_temperature,
-    )
+    loss, has_positive = gpaco_per_anchor(features, labels, logits, log_prior, weights)
     return loss.sum() / has_positive.sum().clamp(min=1)
 
 
@@ -203,19 +197,15 @@ class GPaCoLoss(nn.Module):
         counts = check_class_counts(class_counts)
         _check_weights(alpha, beta, gamma, temperature, logit_temperature)
         self.num_classes = counts.numel()
-        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
-        self.temperature = float(temperature)
-        self.logit_temperature = float(logit_temperature)
+        self.weights = GPaCoWeights(
+            float(alpha), float(beta), float(gamma), float(temperature), float(logit_temperature)
+        )
         self.gather_distributed = bool(gather_distributed)
         # float64: exact for float64 inputs; cast per forward to the compute dtype (C numbers).
         self.register_buffer("log_prior", (counts / counts.sum()).log())
 
     def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
-            f"temperature={self.temperature}, logit_temperature={self.logit_temperature}, "
-            f"gather_distributed={self.gather_distributed}"
-        )
+        return f"num_classes={self.num_classes}, {self.weights}, gather_distributed={self.gather_distributed}"
 
     def forward(self, features: Tensor, labels: Tensor, logits: Tensor) -> Tensor:
         if not isinstance(features, Tensor) or features.dim() != 2:
@@ -230,16 +220,5 @@ class GPaCoLoss(nn.Module):
         anchors = None
         if self.gather_distributed:
             features, labels, anchors = gather_rows(features, labels)
-        per_anchor, has_positive = gpaco_per_anchor(
-            features,
-            labels,
-            logits,
-            self.log_prior,
-            alpha=self.alpha,
-            beta=self.beta,
-            gamma=self.gamma,
-            temperature=self.temperature,
-            logit_temperature=self.logit_temperature,
-            anchors=anchors,
-        )
+        per_anchor, has_positive = gpaco_per_anchor(features, labels, logits, self.log_prior, self.weights, anchors)
         return global_mean(per_anchor, has_positive)
