@@ -159,14 +159,16 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> T
     # The run directory
     if ctx.is_main:
         if resume is None:
-            run_dir.write_config(cfg, _run_facts(cfg, ctx))
+            facts = _run_facts(cfg, ctx) | {"parameters": {"trainable": params.trainable, "total": params.total}}
+            run_dir.write_config(cfg, facts)
             run_dir.remove_epoch_records()
         else:
             run_dir.truncate_after(state.epoch)
             run_dir.append_resume({**resume.record, "code_revision": code_revision()})
         run_dir.write_class_counts(data.train_counts, data.class_names, data.view_counts.tolist())
         workers, note = loader_workers(cfg.data.num_workers)
-        processes = f"{ctx.world_size} process(es) on {ctx.device}, {workers} loader worker(s)"
+        feeding = "views augmented on the device" if cfg.data.augment_on == "device" else f"{workers} loader worker(s)"
+        processes = f"{ctx.world_size} process(es) on {ctx.device}, {feeding}"
         steps = state.steps_per_epoch
         print(header(cfg, data, params, run_dir=str(run_dir), processes=processes, amp=amp, steps_per_epoch=steps))
         for line in ([note] if note else []) + data_notes(data):
