@@ -207,6 +207,8 @@ def test_predict_sees_the_whole_photo_and_goes_on_after_a_bad_file(smoke_run, tm
         cwd=tmp_path,
     )
     assert proc.returncode == 2 and "1 image(s) could not be read" in proc.stderr
+    globbed = ltcl("predict", "--checkpoint", str(smoke_run / "checkpoint_last.pt"), "*.png", "--json", cwd=tmp_path)
+    assert globbed.returncode == 0 and len(globbed.stdout.splitlines()) == 2  # a quoted pattern: the two PNGs
     entries = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [Path(e["path"]).name for e in entries] == ["a_small.png", "b_large.png", "c_broken.jpg"]
     assert "error" in entries[2] and "c_broken.jpg" in entries[2]["error"]
@@ -255,3 +257,20 @@ def test_logs_are_compact_and_free_of_carriage_returns(tmp_path):
     assert len(head) <= 10 and head[0].startswith("ltcl train: digits_lt ->")  # not the 90-line config dump
     assert any("data.num_workers 64 lowered to" in line for line in head)
     assert "worker processes in total" not in proc.stderr  # PyTorch's warning about too many workers
+
+
+def test_data_check_names_every_unreadable_image_and_skip_corrupt_leaves_them_out(tmp_path):
+    for split, counts in (("train", {"ant": 6, "bee": 3}), ("val", {"ant": 2, "bee": 1})):
+        for name, count in counts.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (20, 20), (30 * i, 90, 20)).save(tmp_path / split / name / f"{i}.png")
+    broken = tmp_path / "train" / "bee" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
+    config = tmp_path / "folder.yaml"
+    config.write_text(f"data: {{dataset: image_folder, root: {tmp_path}}}\nviews: {{num_views: 1, presets: [none]}}\n")
+    proc = ltcl("data", "-c", str(config), "--check")
+    assert proc.returncode == 2 and str(broken) in proc.stdout and "1 image(s) are missing or unreadable" in proc.stderr
+    assert "train / val / test 10 / 3 / none" in proc.stdout  # every image as given: no subsampling
+    proc = ltcl("data", "-c", str(config), "--check", "--set", "data.skip_corrupt=true")
+    assert proc.returncode == 0 and "1 unreadable image(s) are left out" in proc.stdout and str(broken) in proc.stdout
