@@ -13,6 +13,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from tests.losses.test_distributed import global_batches  # the same batches: unequal rows per rank
+
 # ------------------------------------------------------------------------------------------------------------
 # References
 
@@ -126,19 +128,6 @@ def make_loss(name, gather):
     if name == "gpaco":
         return GPaCoLoss(COUNTS, alpha=0.3, beta=1.0, gamma=0.7, temperature=0.2, gather_distributed=gather)
     return BalancedContrastiveLoss(len(COUNTS), 0.2, gather_distributed=gather)
-
-
-def global_batches(steps=2):
-    g = torch.Generator().manual_seed(123)
-    batches = []
-    for _ in range(steps):
-        x = torch.randn(WORLD * PER_RANK, IN_DIM, generator=g, dtype=torch.float64)
-        y = torch.randint(0, len(COUNTS), (WORLD * PER_RANK,), generator=g)
-        y[-1] = 3  # a class with a single row in the global batch
-        keep = torch.ones(WORLD * PER_RANK, dtype=torch.bool)
-        keep[[1, 4, PER_RANK + 2]] = False
-        batches.append((x, y, keep))
-    return batches
 
 
 def run_steps(name, model, loss_fn, batches, rows):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ltcl.config import Config
 from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 from ltcl.dist import all_reduce_sum
 
@@ -144,3 +145,17 @@ def format_table(rows: dict[str, EvalResult]) -> str:
             f"{format_cell(r.all)} |"
         )
     return "\n".join(lines)
+
+
+def evaluate_run(cfg: Config, model, loader, train_counts: Sequence[int], device: torch.device, amp: str) -> EvalResult:
+    """:func:`evaluate` with the run's memory format and shot-group thresholds (``cfg``) and its precision."""
+    return evaluate(
+        model,
+        loader,
+        train_counts,
+        device,
+        amp=amp,
+        channels_last=cfg.train.channels_last,
+        many=cfg.data.many_threshold,
+        few=cfg.data.few_threshold,
+    )

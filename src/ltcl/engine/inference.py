@@ -19,7 +19,7 @@ from ltcl.data.augment import build_test_transform
 from ltcl.data.datasets import IMAGE_EXTENSIONS, build_split, load_image
 from ltcl.engine.checkpoint import load_checkpoint, non_finite_tensors
 from ltcl.engine.distributed import pick_device
-from ltcl.engine.evaluate import EvalResult, autocast_context, evaluate
+from ltcl.engine.evaluate import EvalResult, autocast_context, evaluate_run
 from ltcl.engine.recipe import build_model, loader_options, model_views
 from ltcl.engine.resume import EVAL_MAY_CHANGE, checked_config, from_dict_values
 from ltcl.engine.runtime import resolve_amp
@@ -93,16 +93,7 @@ def evaluate_split(trained: TrainedModel, split: str) -> EvalResult:
     loader = DataLoader(
         evaluation_split(trained, split), batch_size=cfg.data.eval_batch_size, **loader_options(cfg, trained.device)
     )
-    return evaluate(
-        trained.model,
-        loader,
-        trained.class_counts,
-        trained.device,
-        amp=trained.amp,
-        channels_last=cfg.train.channels_last,
-        many=cfg.data.many_threshold,
-        few=cfg.data.few_threshold,
-    )
+    return evaluate_run(cfg, trained.model, loader, trained.class_counts, trained.device, trained.amp)
 
 
 def collect_images(items: Sequence[str]) -> list[Path]:

@@ -15,7 +15,7 @@ from ltcl import __version__
 from ltcl.data.build import DataBundle
 from ltcl.dist import barrier
 from ltcl.engine.checkpoint import load_checkpoint
-from ltcl.engine.evaluate import EvalResult, evaluate, format_cell, format_table
+from ltcl.engine.evaluate import EvalResult, evaluate_run, format_cell, format_table
 from ltcl.engine.rundir import RunDir
 from ltcl.engine.state import TrainState
 
@@ -57,16 +57,7 @@ def final_report(
     epochs = cfg.optim.epochs
 
     def run_eval(loader) -> EvalResult:
-        return evaluate(
-            state.model,
-            loader,
-            data.train_counts,
-            state.ctx.device,
-            amp=state.amp,
-            channels_last=cfg.train.channels_last,
-            many=cfg.data.many_threshold,
-            few=cfg.data.few_threshold,
-        )
+        return evaluate_run(cfg, state.model, loader, data.train_counts, state.ctx.device, state.amp)
 
     rows: dict[str, EvalResult] = {}
     if val_loader is not None:

@@ -25,7 +25,7 @@ from ltcl.dist import all_reduce_sum, barrier
 from ltcl.engine import checkpoint as ckpt
 from ltcl.engine.console import epoch_summary, header
 from ltcl.engine.distributed import DistributedContext, init_distributed, shutdown
-from ltcl.engine.evaluate import EvalResult, evaluate
+from ltcl.engine.evaluate import EvalResult, evaluate_run
 from ltcl.engine.interrupts import InterruptGuard
 from ltcl.engine.loop import train_one_epoch
 from ltcl.engine.monitor import StepMonitor, show_progress_bar
@@ -219,16 +219,7 @@ def _epochs(
             state.progress = EpochProgress.empty(data.num_classes, ctx.device)
             if state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.optim.epochs:
                 split, eval_loader_ = ("val", val_loader) if val_loader is not None else ("test", test_loader)
-                result = evaluate(
-                    state.model,
-                    eval_loader_,
-                    data.train_counts,
-                    ctx.device,
-                    amp=state.amp,
-                    channels_last=cfg.train.channels_last,
-                    many=cfg.data.many_threshold,
-                    few=cfg.data.few_threshold,
-                )
+                result = evaluate_run(cfg, state.model, eval_loader_, data.train_counts, ctx.device, state.amp)
                 row |= {"eval_split": split, **result.as_dict()}
                 last_eval = (split, result)
                 if split == "val" and (state.best is None or result.all > state.best["all"]):
