@@ -242,6 +242,7 @@ def test_checkpoints_work_from_any_directory(tmp_path, cifar10_npz):
     assert proc.returncode == 0, proc.stderr
     results = json.loads((run / "results.json").read_text())
     assert json.loads(proc.stdout)["all"] == pytest.approx(results["test"]["all"])
+    assert results["test"]["few"] is None  # CIFAR-10-LT IF100 has no class under 20 images: n/a, not 0
 
 
 def test_logs_are_compact_and_free_of_carriage_returns(tmp_path):

@@ -1,0 +1,48 @@
+"""The rivals' objectives train end to end through the command line, and resume exactly (BCL's prototype head and
+LDAM's re-weighting switch live in the objective's state)."""
+
+import json
+import signal
+
+import pytest
+import torch
+
+from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
+from tests.engine.test_training import DIGITS, TINY, final_weights, ltcl, sets
+
+RIVALS = {
+    "gpaco": ["loss.objective=gpaco"],
+    "la_bcl": ["loss.objective=la+bcl", "loss.cls_weight=2.0", "loss.alpha=0.6"],
+    "ldam_drw": ["loss.objective=ldam", "model.classifier=cosine", "model.cosine_scale=1.0", "loss.drw_start_epoch=1"],
+}
+
+
+def test_gpaco_trains_as_the_whole_objective(tmp_path):
+    proc = ltcl("train", "-c", DIGITS, *sets(*TINY, *RIVALS["gpaco"], "optim.epochs=1", "train.max_steps_per_epoch=2",
+                                             f"train.output_dir={tmp_path}"))  # fmt: skip
+    assert "loss   gpaco" in proc.stdout and " con " not in proc.stdout  # one loss: no separate contrastive part
+    assert 0 <= json.loads((tmp_path / "digits_lt" / "results.json").read_text())["test"]["all"] <= 100
+
+
+@pytest.mark.parametrize("name", ["la_bcl", "ldam_drw"])
+def test_a_stateful_rival_trains_and_resumes_to_the_same_weights(tmp_path, name):
+    common = [*TINY, *RIVALS[name], "optim.epochs=2", "train.max_steps_per_epoch=3", "train.deterministic=true",
+              "train.amp=none"]  # fmt: skip
+    ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'straight'}"))
+    proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'stopped'}"),
+                env={TEST_SIGNAL_AT_STEP: "4:TERM"}, check=False)  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGTERM
+    ltcl("train", "--resume", str(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt"))
+    want = torch.load(tmp_path / "straight" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
+    got = torch.load(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
+    for part in ("model", "objective"):
+        assert want[part].keys() == got[part].keys()
+        for key in want[part]:
+            assert torch.equal(want[part][key], got[part][key]), (part, key)
+    if name == "la_bcl":
+        assert any(k.startswith("prototype_head.") for k in want["objective"])
+    if name == "ldam_drw":  # re-weighting switched on for the second epoch (0-based epoch 1)
+        assert bool(want["objective"]["classification.reweighting"])
+    results = json.loads((tmp_path / "straight" / "digits_lt" / "results.json").read_text())
+    assert 0 <= results["test"]["all"] <= 100
+    assert final_weights(tmp_path / "straight" / "digits_lt").keys() == want["model"].keys()
