@@ -154,6 +154,7 @@ def main():
     parser.add_argument("--checkpoint-every", type=int, default=20, help="steps between checkpoints")
     parser.add_argument("--only", nargs="*", choices=list(SETTINGS), help="settings to run (default: the plan)")
     parser.add_argument("--seeds", nargs="*", type=int, help="with --only: the seeds (default 0)")
+    parser.add_argument("--runs", nargs="*", metavar="SETTING:SEED", help="an explicit list of runs, in order")
     parser.add_argument("--csv", default=str(CSV), help="where the rows go")
     parser.add_argument(
         "--set",
@@ -177,6 +178,11 @@ def main():
     plan = PIPELINE_PLAN if args.pipeline else PLAN
     if args.only:
         plan = [(s, seed) for s in args.only for seed in (args.seeds or [0])]
+    if args.runs:
+        plan = [(item.split(":")[0], int(item.split(":")[1])) for item in args.runs]
+        unknown = sorted({s for s, _ in plan} - set(SETTINGS))
+        if unknown:
+            parser.error(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for setting, seed in plan:
