@@ -94,6 +94,18 @@ class StepMonitor:
         ``weights``, when a parameter or buffer is (a finite loss can still give an update that overflows, and
         BatchNorm statistics can overflow with finite weights)."""
         state = self.state
+        flag = state.nonfinite
+        values = torch.cat([state.progress.sums[[0, 4]], flag.first_step.double()[None], flag.parts.double()])
+        if state.ctx.enabled:  # every process stops at the same point, whichever saw the non-finite loss
+            values = torch.cat([values, all_reduce_sum((flag.first_step > 0).double()[None])])
+        loss_sum, images, first_bad, *parts = values.tolist()
+        if first_bad:
+            raise NonFiniteLoss(self._nonfinite_message(int(first_bad), parts[:2]))
+        if state.ctx.enabled and parts[2]:
+            raise NonFiniteLoss(
+                f"A loss became non-finite on another process by global step {state.global_step}; "
+                "that process names the step, and the run stopped without saving."
+            )
         tensors = [t for t in state.model.state_dict().values() if t.is_floating_point()] if weights else []
         if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
             lr = learning_rate(state.cfg.optim, state.global_step - 1, state.steps_per_epoch)
@@ -102,11 +114,6 @@ class StepMonitor:
                 f"{state.global_step}, learning rate {lr:.4g}) although every loss was finite; the run stopped "
                 "without saving. Hint: lower optim.lr or use optim.warmup_epochs."
             )
-        flag = state.nonfinite
-        values = torch.cat([state.progress.sums[[0, 4]], flag.first_step.double()[None], flag.parts.double()])
-        loss_sum, images, first_bad, *parts = values.tolist()
-        if first_bad:
-            raise NonFiniteLoss(self._nonfinite_message(int(first_bad), parts))
         if self.bar is not None and images:
             lr = learning_rate(state.cfg.optim, state.global_step - 1, state.steps_per_epoch)
             self.bar.set_postfix(loss=f"{loss_sum / images:.3f}", lr=f"{lr:.4g}")
