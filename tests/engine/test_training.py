@@ -283,3 +283,16 @@ def test_device_augmentation_is_reproducible_and_resumes_exactly(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
         assert torch.equal(a[key], resumed[key]), key
+
+
+def test_two_processes_stop_together_on_a_non_finite_loss(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    sets_ = sets(*TINY, "optim.lr=1e6", "loss.objective=bs", "optim.epochs=3", "train.max_steps_per_epoch=3",
+                 "data.batch_size=16", "train.sync_every=1", f"train.output_dir={tmp_path}")  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ltcl.cli",
+         "train", "-c", DIGITS, *sets_],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "became non-finite" in proc.stderr  # and no process waits forever for the other
+    assert not (tmp_path / "digits_lt" / "results.json").exists()
