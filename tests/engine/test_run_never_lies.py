@@ -275,3 +275,14 @@ def test_data_check_names_every_unreadable_image_and_skip_corrupt_leaves_them_ou
     assert "train / val / test 10 / 3 / none" in proc.stdout  # every image as given: no subsampling
     proc = ltcl("data", "-c", str(config), "--check", "--set", "data.skip_corrupt=true")
     assert proc.returncode == 0 and "1 unreadable image(s) are left out" in proc.stdout and str(broken) in proc.stdout
+
+
+def test_data_names_a_split_list_whose_images_are_missing(tmp_path, lt_splits):
+    # Before: an empty Places-LT root printed "62,500 / 7,300 / 36,500" and training failed mid-epoch.
+    lists = lt_splits / "classifier-balancing"
+    sets_ = [f"data.root={tmp_path}"] + [
+        f"data.{s}_list={lists / f'Places_LT_{s}.txt'}" for s in ("train", "val", "test")
+    ]
+    proc = ltcl("data", "-c", str(REPO / "configs" / "places_lt_r152_acl.yaml"), *sets(*sets_))
+    assert proc.returncode == 2 and "62500 of 62500" in one_sentence(proc.stderr).replace(",", "")
+    assert str(tmp_path) in proc.stderr
