@@ -6,10 +6,12 @@ Being a function of the step alone, the schedule's whole state is the step numbe
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 from ltcl.config import OptimConfig
+from ltcl.config.schema import Schedule
 
-SCHEDULES = ("step", "cosine")
+SCHEDULES = get_args(Schedule)
 
 
 def check_schedule(optim: OptimConfig) -> None:

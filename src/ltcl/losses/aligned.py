@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltcl.config.schema import NegativeWeighting
 from ltcl.dist import gather_rows, global_mean
 from ltcl.losses import functional as LF
 from ltcl.losses.aligned_function import aligned_contrastive_terms
 
-NEGATIVE_WEIGHTINGS = ("inverse_frequency", "none")
+NEGATIVE_WEIGHTINGS = get_args(NegativeWeighting)
 
 
 def inverse_frequency_weights(class_counts: Sequence[int] | Tensor) -> Tensor:

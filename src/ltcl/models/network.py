@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ltcl.config import ModelConfig
+from ltcl.config.schema import Classifier
 from ltcl.models.backbones import OPEN_CLIP_PREFIX, build_backbone
 from ltcl.models.clip_backbone import build_open_clip_backbone
 from ltcl.models.heads import CosineClassifier, LinearClassifier, ProjectionHead
@@ -82,7 +83,7 @@ class LongTailNetwork(nn.Module):
 
 
 def _check(model_cfg: ModelConfig, num_classes: int, class_names: Sequence[str] | None) -> None:
-    if model_cfg.classifier not in ("linear", "cosine"):
+    if model_cfg.classifier not in get_args(Classifier):
         raise ValueError(f"model.classifier must be 'linear' or 'cosine', got '{model_cfg.classifier}'.")
     if num_classes < 1:
         raise ValueError(f"The network needs at least one class, got num_classes={num_classes}.")
