@@ -24,7 +24,7 @@ TINY = ["optim.epochs=1", "train.max_steps_per_epoch=1", "data.batch_size=16", "
 SMALL_MODEL = ["model.backbone=resnet8"]
 TINY_VIT = ["model.backbone=timm/vit_tiny_patch16_224", "model.backbone_kwargs={img_size: 32, patch_size: 8, depth: 2}",
             "model.pretrained=false", "views.sizes=[32]", "views.test_size=32"]  # fmt: skip
-NOT_LTCL = {"torchrun"}  # launchers of ltcl on GPU clusters: shown, not run here
+NOT_LTCL = {"torchrun", "bash"}  # launchers on GPU machines (torchrun, the GPU script): shown, not run here
 
 
 def test_readme_starts_with_the_two_commands():
