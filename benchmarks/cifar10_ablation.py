@@ -1,7 +1,8 @@
 """The paper's ablation (Tables 5-6, Fig. 4b) and its rivals on CIFAR-10-LT IF100, every setting on one budget.
 
 Each run is a plain ``ltcl train`` of configs/cifar10_lt_if100_acl.yaml (ResNet-32, batch 128, lr 0.07, alpha 0.1,
-tau 0.05, 4 views with 2/3/4 contrastive views by shot group, bf16, on-device augmentation) with a short schedule:
+tau 0.05, 4 views with 2/3/4 contrastive views by shot group, train.amp auto (bf16 on CPUs with native bf16
+units, fp32 elsewhere: compare rows of one machine), on-device augmentation) with a short schedule:
 ``--epochs`` epochs (20), 1 warm-up epoch then cosine, the validation split (200 unused training images per class,
 none for the head class) evaluated every epoch for checkpoint selection, the test set once at the end.
 
