@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +21,27 @@ def shared_file(relative: str) -> Path:
 @pytest.fixture
 def cifar10_npz() -> Path:
     return shared_file("cifar10_jpeg.npz")
+
+
+@pytest.fixture(scope="session")
+def small_cifar10_npz(tmp_path_factory) -> Path:
+    """The shared file's format with its first 120 training and 20 test images of each class (their JPEG bytes).
+
+    For end-to-end runs through the command line, whose cost would otherwise be decoding and evaluating the full
+    10,000-image test set in every subprocess; the long-tailed subset is drawn from the 120 as from the 5,000.
+    """
+    full = np.load(shared_file("cifar10_jpeg.npz"))
+    arrays = {"class_names": full["class_names"]}
+    for split, per_class in (("train", 120), ("test", 20)):
+        labels, offsets, jpeg = full[f"y_{split}"], full[f"offsets_{split}"], full[f"jpeg_{split}"]
+        keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(arrays["class_names"]))])
+        sizes = offsets[keep + 1] - offsets[keep]
+        arrays[f"jpeg_{split}"] = np.concatenate([jpeg[offsets[i] : offsets[i + 1]] for i in keep])
+        arrays[f"offsets_{split}"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        arrays[f"y_{split}"] = labels[keep]
+    path = tmp_path_factory.mktemp("data") / "cifar10_small.npz"
+    np.savez(path, **arrays)
+    return path
 
 
 @pytest.fixture

@@ -228,14 +228,14 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4)
 
 
-def test_the_fast_gpu_config_runs_on_the_cpu_with_a_tiny_schedule(tmp_path, cifar10_npz):
+def test_the_fast_gpu_config_runs_on_the_cpu_with_a_tiny_schedule(tmp_path, small_cifar10_npz):
     config = str(REPO / "configs" / "cifar10_lt_if100_acl_gpu.yaml")
     proc = ltcl(
         "train",
         "-c",
         config,
         *sets(
-            f"data.root={cifar10_npz}",
+            f"data.root={small_cifar10_npz}",
             "train.device=cpu",
             "train.compile=false",
             "train.amp=none",

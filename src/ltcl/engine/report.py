@@ -72,12 +72,16 @@ def final_report(
     best_val = best_test = None
     best_epoch = state.best["epoch"] if state.best else None
     if best_epoch is not None and val_loader is not None:
-        barrier()  # rank 0 wrote the file; every rank reads it (multi-node runs need a shared train.output_dir)
-        state.model.load_state_dict(load_checkpoint(run_dir.best_checkpoint)["model"])
-        best_val = run_eval(val_loader)
+        if best_epoch == state.epoch and f"val (last epoch, {epochs})" in rows:
+            # The best checkpoint holds the weights in memory: evaluating them again would repeat the same numbers.
+            best_val, best_test = rows[f"val (last epoch, {epochs})"], test
+        else:
+            barrier()  # rank 0 wrote the file; every rank reads it (multi-node runs need a shared train.output_dir)
+            state.model.load_state_dict(load_checkpoint(run_dir.best_checkpoint)["model"])
+            best_val = run_eval(val_loader)
+            best_test = None if test_loader is None else run_eval(test_loader)
         rows[f"val (best on val, epoch {best_epoch})"] = best_val
-        if test_loader is not None:
-            best_test = run_eval(test_loader)
+        if best_test is not None:
             rows[f"test (best on val, epoch {best_epoch})"] = best_test
     if state.ctx.is_main:
         print(
