@@ -73,7 +73,7 @@ def final_report(
     best_epoch = state.best["epoch"] if state.best else None
     if best_epoch is not None and val_loader is not None:
         if best_epoch == state.epoch and f"val (last epoch, {epochs})" in rows:
-            # The best checkpoint holds the weights in memory: evaluating them again would repeat the same numbers.
+            # The best checkpoint was saved from the weights in memory: evaluating it would repeat these numbers.
             best_val, best_test = rows[f"val (last epoch, {epochs})"], test
         else:
             barrier()  # rank 0 wrote the file; every rank reads it (multi-node runs need a shared train.output_dir)
