@@ -60,10 +60,10 @@ def final_report(
         return evaluate_run(cfg, state.model, loader, data.train_counts, state.ctx.device, state.amp)
 
     rows: dict[str, EvalResult] = {}
+    last_val = None
     if val_loader is not None:
-        rows[f"val (last epoch, {epochs})"] = (
-            last_eval[1] if last_eval and last_eval[0] == "val" else run_eval(val_loader)
-        )
+        last_val = last_eval[1] if last_eval and last_eval[0] == "val" else run_eval(val_loader)
+        rows[f"val (last epoch, {epochs})"] = last_val
     test = None
     if test_loader is not None:
         test = last_eval[1] if last_eval and last_eval[0] == "test" else run_eval(test_loader)
@@ -72,9 +72,9 @@ def final_report(
     best_val = best_test = None
     best_epoch = state.best["epoch"] if state.best else None
     if best_epoch is not None and val_loader is not None:
-        if best_epoch == state.epoch and f"val (last epoch, {epochs})" in rows:
+        if best_epoch == state.epoch:
             # The best checkpoint was saved from the weights in memory: evaluating it would repeat these numbers.
-            best_val, best_test = rows[f"val (last epoch, {epochs})"], test
+            best_val, best_test = last_val, test
         else:
             barrier()  # rank 0 wrote the file; every rank reads it (multi-node runs need a shared train.output_dir)
             state.model.load_state_dict(load_checkpoint(run_dir.best_checkpoint)["model"])
