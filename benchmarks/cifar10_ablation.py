@@ -13,6 +13,8 @@ and schedule length), which ``--table`` turns into the README's table (mean ± s
     python benchmarks/cifar10_ablation.py --data ../shared/data/cifar10_jpeg.npz            # everything, in order
     python benchmarks/cifar10_ablation.py --only bs_acl bs_scl_aware --seeds 0 1
     python benchmarks/cifar10_ablation.py --table                                          # print the table
+    python benchmarks/cifar10_ablation.py --pipeline --epochs 5     # bf16 vs float32, on-device vs PIL augmentation
+    python benchmarks/cifar10_ablation.py --pipeline --epochs 5 --table     # its table and paired differences
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ PLAN = [
     ("bs_acl_noweights", 1), ("bs_acl_nocenters", 1), ("gpaco", 1), ("la_bcl", 1), ("ldam_drw", 1),
 ]  # fmt: skip
 PIPELINE_PLAN = [(s, seed) for seed in (0, 1) for s in ("bf16_device", "bf16_loader", "fp32_loader")]
+# The check's two questions, each a difference of two settings that share everything else (the same seeds)
+PIPELINE_DIFFERENCES = [
+    ("on-device augmentation - PIL loader (both bf16)", "bf16_device", "bf16_loader"),
+    ("bf16 - float32 (both PIL loader)", "bf16_loader", "fp32_loader"),
+]
 
 
 def run_name(setting: str, seed: int, epochs: int) -> str:
@@ -138,6 +145,24 @@ def table(rows: list[dict], epochs: int) -> str:
     return "\n".join(lines)
 
 
+def differences(rows: list[dict], epochs: int) -> str:
+    """Markdown: each pipeline question's difference in points, paired by seed, mean ± sample std over the seeds
+    both settings ran."""
+    lines = ["| difference | seeds | Many | Medium | All | All, best-on-val checkpoint |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    by_key = {(r["setting"], r["seed"]): r for r in rows if int(r["epochs"]) == epochs}
+    for label, first, second in PIPELINE_DIFFERENCES:
+        seeds = sorted(seed for setting, seed in by_key if setting == first and (second, seed) in by_key)
+        if not seeds:
+            continue
+        cells = []
+        for key in ("many", "medium", "all", "val_best_all"):
+            pairs = [(by_key[first, seed][key], by_key[second, seed][key]) for seed in seeds]
+            cells.append(_stat([f"{float(a) - float(b):+.2f}" for a, b in pairs if a != "" and b != ""]))
+        lines.append(f"| {label} | {', '.join(seeds)} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def _stat(values: list[str]) -> str:
     numbers = [float(v) for v in values if v != ""]
     if not numbers:
@@ -168,13 +193,16 @@ def main():
     parser.add_argument(
         "--pipeline",
         action="store_true",
-        help="run the precision / augmentation check (use with --epochs 5) instead of the ablation",
+        help="run the precision / augmentation check (use with --epochs 5) instead of the ablation; with --table, "
+        "also print its paired differences",
     )
     parser.add_argument("--table", action="store_true", help="print the table of the csv and run nothing")
     args = parser.parse_args()
     csv_path = Path(args.csv)
     if args.table:
         print(table(read_rows(csv_path), args.epochs))
+        if args.pipeline:
+            print("\n" + differences(read_rows(csv_path), args.epochs))
         return
     plan = PIPELINE_PLAN if args.pipeline else PLAN
     if args.only:

@@ -4,6 +4,7 @@ Only the shape of the output is checked (rows present, every timing a positive n
 benchmarks to report, never for tests to assert.
 """
 
+import csv
 import re
 import subprocess
 import sys
@@ -72,3 +73,39 @@ def test_data_speed_times_the_presets_and_the_four_view_recipes(cifar10_npz):
         (row,) = table_rows(out, preset)
         assert positive(row[1]) and positive(row[2])
     assert "| 4-view recipe |" in out
+
+
+def test_the_ablation_sweep_trains_a_row_skips_a_finished_run_and_tabulates_it(small_cifar10_npz, tmp_path):
+    results = tmp_path / "ablation.csv"
+    sweep = ["cifar10_ablation.py", "--data", str(small_cifar10_npz), "--out", str(tmp_path / "runs"), "--csv",
+             str(results), "--epochs", "1", "--runs", "bs_acl:3", "--set", "train.max_steps_per_epoch=2"]  # fmt: skip
+    assert "[run] bs_acl_seed3_e1" in run_benchmark(*sweep)
+    (row,) = list(csv.DictReader(results.open()))
+    assert (row["setting"], row["seed"], row["epochs"]) == ("bs_acl", "3", "1")
+    assert all(0 <= float(row[k]) <= 100 for k in ("many", "medium", "few", "all", "val_best_all"))
+    assert re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", row["revision"]), row["revision"]
+    assert "[done] bs_acl_seed3_e1" in run_benchmark(*sweep)  # finished: not trained again
+    (table_row,) = table_rows(run_benchmark(*sweep[:7], "--epochs", "1", "--table"), "BS + ACL (ours)")
+    assert table_row[1:7] == ["3", row["many"], row["medium"], row["few"], row["all"], row["val_best_all"]]
+
+
+def test_the_pipeline_check_pairs_its_runs_by_seed(tmp_path):
+    results = tmp_path / "pipeline.csv"
+    # seed 2 has no partner: it is left out of the differences
+    accuracy = {("bf16_device", 0): 60.0, ("bf16_loader", 0): 58.0, ("fp32_loader", 0): 59.0,
+                ("bf16_device", 1): 62.0, ("bf16_loader", 1): 61.0, ("fp32_loader", 1): 61.0,
+                ("fp32_loader", 2): 70.0}  # fmt: skip
+    with results.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["setting", "seed", "epochs", "many", "medium", "few", "all", "val_best_all", "revision",
+                         "seconds_per_epoch"])  # fmt: skip
+        for (setting, seed), value in accuracy.items():
+            writer.writerow([setting, seed, 5, value, value - 10, "", value, value + 1, "abc1234", 9.0])
+    out = run_benchmark("cifar10_ablation.py", "--csv", str(results), "--epochs", "5", "--pipeline", "--table")
+    # device - loader: +2 and +1 points -> mean 1.5, sample std 0.707; bf16 - fp32: -1 and 0 -> -0.5, 0.707
+    (device,) = table_rows(out, "on-device augmentation - PIL loader (both bf16)")
+    assert device[1:] == ["0, 1"] + ["1.50 ± 0.71"] * 4
+    (precision,) = table_rows(out, "bf16 - float32 (both PIL loader)")
+    assert precision[1:] == ["0, 1"] + ["-0.50 ± 0.71"] * 4
+    (fp32_row,) = table_rows(out, "BS + ACL, float32, PIL loader")
+    assert fp32_row[1] == "0, 1, 2"
