@@ -20,7 +20,10 @@ RIVALS = {
 def test_gpaco_trains_as_the_whole_objective(tmp_path):
     proc = ltcl("train", "-c", DIGITS, *sets(*TINY, *RIVALS["gpaco"], "optim.epochs=1", "train.max_steps_per_epoch=2",
                                              f"train.output_dir={tmp_path}"))  # fmt: skip
-    assert "loss   gpaco" in proc.stdout and " con " not in proc.stdout  # one loss: no separate contrastive part
+    assert " con " not in proc.stdout  # one loss: no separate contrastive part
+    # The header names the weights GPaCo reads, not loss.alpha, which it ignores.
+    assert "loss   gpaco, gpaco alpha 0.01 beta 1.0 gamma 1.0, tau " in proc.stdout
+    assert ", alpha " not in proc.stdout
     assert 0 <= json.loads((tmp_path / "digits_lt" / "results.json").read_text())["test"]["all"] <= 100
 
 

@@ -17,6 +17,20 @@ def _size(dataset) -> str:
     return "no" if dataset is None else f"{len(dataset):,}"
 
 
+def loss_weights(loss) -> str:
+    """The objective and the weights it actually reads (GPaCo ignores ``alpha``: it has its own three)."""
+    parts = [loss.objective]
+    if loss.cls_weight != 1.0:
+        parts.append(f"classification weight {loss.cls_weight}")
+    if loss.objective == "gpaco":
+        parts.append(f"gpaco alpha {loss.gpaco_alpha} beta {loss.gpaco_beta} gamma {loss.gpaco_gamma}")
+    if uses_projections(loss.objective):
+        if loss.objective != "gpaco":
+            parts.append(f"alpha {loss.alpha}")
+        parts.append(f"tau {loss.temperature}")
+    return ", ".join(parts)
+
+
 def header(
     cfg: Config,
     data: DataBundle,
@@ -34,7 +48,6 @@ def header(
     m, loss, o, v = cfg.model, cfg.loss, cfg.optim, cfg.views
     contrasts = uses_projections(loss.objective)
     head = f"projection {m.projection_hidden}-{m.projection_dim}" if contrasts else "no projection head"
-    contrastive = f", alpha {loss.alpha}, tau {loss.temperature}" if contrasts else ""
     views = f"{v.num_views} view(s) {list(v.sizes)[: v.num_views]} px, contrastive views {v.contrastive_mode}"
     schedule = f"{o.schedule}, {o.warmup_epochs} warm-up epoch(s)"
     lines = [
@@ -43,7 +56,7 @@ def header(
         f"images, {data.num_classes} classes ({max(counts)} ... {min(counts)} per class; {group_sizes})",
         f"  model  {m.backbone}, {m.classifier} classifier, {head}; "
         f"{params.trainable:,} of {params.total:,} parameters train",
-        f"  loss   {loss.objective}{contrastive}; {views}",
+        f"  loss   {loss_weights(loss)}; {views}",
         f"  optim  SGD lr {o.lr} ({schedule}), {o.epochs} epochs x {steps_per_epoch} steps, batch "
         f"{cfg.data.batch_size}, weight decay {o.weight_decay}",
         f"  run    seed {cfg.train.seed}, amp {amp[0]} ({amp[1]}), {processes}",
