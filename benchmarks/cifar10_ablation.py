@@ -74,6 +74,22 @@ PIPELINE_DIFFERENCES = [
     ("bf16 - float32 (both PIL loader)", "bf16_loader", "fp32_loader"),
 ]
 
+# The ablation's questions, the same way: the paper's Table 6 steps, Fig. 4b's parts, then the baselines' steps
+ABLATION_DIFFERENCES = [
+    ("BS + ACL - BS + SCL, distribution-aware views", "bs_acl", "bs_scl_aware"),
+    ("BS + ACL - BS + SCL, uniform views", "bs_acl", "bs_scl_uniform"),
+    ("BS + ACL - BS, 4 views", "bs_acl", "bs_4views"),
+    ("BS + SCL, distribution-aware - BS, 4 views", "bs_scl_aware", "bs_4views"),
+    ("SCL: distribution-aware - uniform views", "bs_scl_aware", "bs_scl_uniform"),
+    ("ACL - ACL without negative weights", "bs_acl", "bs_acl_noweights"),
+    ("ACL - ACL without class centres", "bs_acl", "bs_acl_nocenters"),
+    ("BS, 4 views - BS, 1 view", "bs_4views", "bs_1view"),
+    ("BS - CE, 1 view", "bs_1view", "ce_1view"),
+    ("BS + ACL - GPaCo", "bs_acl", "gpaco"),
+    ("BS + ACL - LA + BCL", "bs_acl", "la_bcl"),
+    ("BS + ACL - LDAM-DRW", "bs_acl", "ldam_drw"),
+]
+
 
 def run_name(setting: str, seed: int, epochs: int) -> str:
     return f"{setting}_seed{seed}_e{epochs}"
@@ -145,13 +161,13 @@ def table(rows: list[dict], epochs: int) -> str:
     return "\n".join(lines)
 
 
-def differences(rows: list[dict], epochs: int) -> str:
-    """Markdown: each pipeline question's difference in points, paired by seed, mean ± sample std over the seeds
-    both settings ran."""
+def differences(rows: list[dict], epochs: int, questions=PIPELINE_DIFFERENCES) -> str:
+    """Markdown: each question's difference (label, first, second) in points, first minus second, paired by seed:
+    mean ± sample std over the seeds both settings ran; questions with no shared seed are left out."""
     lines = ["| difference | seeds | Many | Medium | All | All, best-on-val checkpoint |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     by_key = {(r["setting"], r["seed"]): r for r in rows if int(r["epochs"]) == epochs}
-    for label, first, second in PIPELINE_DIFFERENCES:
+    for label, first, second in questions:
         seeds = sorted(seed for setting, seed in by_key if setting == first and (second, seed) in by_key)
         if not seeds:
             continue
@@ -193,16 +209,17 @@ def main():
     parser.add_argument(
         "--pipeline",
         action="store_true",
-        help="run the precision / augmentation check (use with --epochs 5) instead of the ablation; with --table, "
-        "also print its paired differences",
+        help="run the precision / augmentation check (use with --epochs 5) instead of the ablation",
     )
-    parser.add_argument("--table", action="store_true", help="print the table of the csv and run nothing")
+    parser.add_argument(
+        "--table", action="store_true", help="print the tables of the csv (settings, paired differences); run nothing"
+    )
     args = parser.parse_args()
     csv_path = Path(args.csv)
     if args.table:
-        print(table(read_rows(csv_path), args.epochs))
-        if args.pipeline:
-            print("\n" + differences(read_rows(csv_path), args.epochs))
+        rows = read_rows(csv_path)
+        print(table(rows, args.epochs))
+        print("\n" + differences(rows, args.epochs, PIPELINE_DIFFERENCES if args.pipeline else ABLATION_DIFFERENCES))
         return
     plan = PIPELINE_PLAN if args.pipeline else PLAN
     if args.only:

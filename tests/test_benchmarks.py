@@ -109,3 +109,21 @@ def test_the_pipeline_check_pairs_its_runs_by_seed(tmp_path):
     assert precision[1:] == ["0, 1"] + ["-0.50 ± 0.71"] * 4
     (fp32_row,) = table_rows(out, "BS + ACL, float32, PIL loader")
     assert fp32_row[1] == "0, 1, 2"
+
+
+def test_the_ablation_table_pairs_each_question_by_seed(tmp_path):
+    results = tmp_path / "ablation.csv"
+    # bs_4views ran only seed 2, which bs_acl lacks: that question has no pair and is left out
+    accuracy = {("bs_acl", 0): 62.0, ("bs_acl", 1): 60.0, ("bs_scl_aware", 0): 61.0, ("bs_scl_aware", 1): 61.0,
+                ("bs_4views", 2): 65.0}  # fmt: skip
+    with results.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["setting", "seed", "epochs", "many", "medium", "few", "all", "val_best_all", "revision",
+                         "seconds_per_epoch"])  # fmt: skip
+        for (setting, seed), value in accuracy.items():
+            writer.writerow([setting, seed, 20, value, value - 10, "", value, value, "abc1234", 9.0])
+    out = run_benchmark("cifar10_ablation.py", "--csv", str(results), "--table")
+    # ACL - SCL: +1 and -1 points -> mean 0, sample std sqrt(2)
+    (acl_scl,) = table_rows(out, "BS + ACL - BS + SCL, distribution-aware views")
+    assert acl_scl[1:] == ["0, 1"] + ["0.00 ± 1.41"] * 4
+    assert not table_rows(out, "BS + ACL - BS, 4 views")
