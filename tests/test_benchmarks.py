@@ -89,18 +89,24 @@ def test_the_ablation_sweep_trains_a_row_skips_a_finished_run_and_tabulates_it(s
     assert table_row[1:7] == ["3", row["many"], row["medium"], row["few"], row["all"], row["val_best_all"]]
 
 
+def write_result_rows(path, accuracy, *, epochs, best_offset):
+    """A hand-written results csv: for each (setting, seed) -> All, Many = All, Medium = All - 10, no Few, and
+    best-on-val All = All + best_offset."""
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["setting", "seed", "epochs", "many", "medium", "few", "all", "val_best_all", "revision",
+                         "seconds_per_epoch"])  # fmt: skip
+        for (setting, seed), value in accuracy.items():
+            writer.writerow([setting, seed, epochs, value, value - 10, "", value, value + best_offset, "abc1234", 9])
+
+
 def test_the_pipeline_check_pairs_its_runs_by_seed(tmp_path):
     results = tmp_path / "pipeline.csv"
     # seed 2 has no partner: it is left out of the differences
     accuracy = {("bf16_device", 0): 60.0, ("bf16_loader", 0): 58.0, ("fp32_loader", 0): 59.0,
                 ("bf16_device", 1): 62.0, ("bf16_loader", 1): 61.0, ("fp32_loader", 1): 61.0,
                 ("fp32_loader", 2): 70.0}  # fmt: skip
-    with results.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["setting", "seed", "epochs", "many", "medium", "few", "all", "val_best_all", "revision",
-                         "seconds_per_epoch"])  # fmt: skip
-        for (setting, seed), value in accuracy.items():
-            writer.writerow([setting, seed, 5, value, value - 10, "", value, value + 1, "abc1234", 9.0])
+    write_result_rows(results, accuracy, epochs=5, best_offset=1.0)
     out = run_benchmark("cifar10_ablation.py", "--csv", str(results), "--epochs", "5", "--pipeline", "--table")
     # device - loader: +2 and +1 points -> mean 1.5, sample std 0.707; bf16 - fp32: -1 and 0 -> -0.5, 0.707
     (device,) = table_rows(out, "on-device augmentation - PIL loader (both bf16)")
@@ -116,12 +122,7 @@ def test_the_ablation_table_pairs_each_question_by_seed(tmp_path):
     # bs_4views ran only seed 2, which bs_acl lacks: that question has no pair and is left out
     accuracy = {("bs_acl", 0): 62.0, ("bs_acl", 1): 60.0, ("bs_scl_aware", 0): 61.0, ("bs_scl_aware", 1): 61.0,
                 ("bs_4views", 2): 65.0}  # fmt: skip
-    with results.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["setting", "seed", "epochs", "many", "medium", "few", "all", "val_best_all", "revision",
-                         "seconds_per_epoch"])  # fmt: skip
-        for (setting, seed), value in accuracy.items():
-            writer.writerow([setting, seed, 20, value, value - 10, "", value, value, "abc1234", 9.0])
+    write_result_rows(results, accuracy, epochs=20, best_offset=0.0)
     out = run_benchmark("cifar10_ablation.py", "--csv", str(results), "--table")
     # ACL - SCL: +1 and -1 points -> mean 0, sample std sqrt(2)
     (acl_scl,) = table_rows(out, "BS + ACL - BS + SCL, distribution-aware views")
