@@ -74,13 +74,15 @@ PIPELINE_DIFFERENCES = [
     ("bf16 - float32 (both PIL loader)", "bf16_loader", "fp32_loader"),
 ]
 
-# The ablation's questions, the same way: the paper's Table 6 steps, Fig. 4b's parts, then the baselines' steps
+# The ablation's questions, the same way: the paper's Table 6 steps, Fig. 4b's steps (SCL -> ACL without negative
+# weights -> ACL) and the centres, the baselines' steps, then the rivals
 ABLATION_DIFFERENCES = [
     ("BS + ACL - BS + SCL, distribution-aware views", "bs_acl", "bs_scl_aware"),
     ("BS + ACL - BS + SCL, uniform views", "bs_acl", "bs_scl_uniform"),
     ("BS + ACL - BS, 4 views", "bs_acl", "bs_4views"),
     ("BS + SCL, distribution-aware - BS, 4 views", "bs_scl_aware", "bs_4views"),
     ("SCL: distribution-aware - uniform views", "bs_scl_aware", "bs_scl_uniform"),
+    ("ACL without negative weights - SCL, distribution-aware views", "bs_acl_noweights", "bs_scl_aware"),
     ("ACL - ACL without negative weights", "bs_acl", "bs_acl_noweights"),
     ("ACL - ACL without class centres", "bs_acl", "bs_acl_nocenters"),
     ("BS, 4 views - BS, 1 view", "bs_4views", "bs_1view"),
