@@ -5,7 +5,7 @@ The full resolved config goes to ``config.yaml``; the header names the few value
 
 from __future__ import annotations
 
-from ltcl.config import Config
+from ltcl.config import Config, LossConfig
 from ltcl.data.build import DataBundle
 from ltcl.data.longtail import ACCURACY_COLUMNS, SHOT_GROUPS, shot_groups
 from ltcl.engine.evaluate import format_cell
@@ -17,16 +17,16 @@ def _size(dataset) -> str:
     return "no" if dataset is None else f"{len(dataset):,}"
 
 
-def loss_weights(loss) -> str:
+def loss_weights(loss: LossConfig) -> str:
     """The objective and the weights it actually reads (GPaCo ignores ``alpha``: it has its own three)."""
     parts = [loss.objective]
     if loss.cls_weight != 1.0:
         parts.append(f"classification weight {loss.cls_weight}")
     if loss.objective == "gpaco":
         parts.append(f"gpaco alpha {loss.gpaco_alpha} beta {loss.gpaco_beta} gamma {loss.gpaco_gamma}")
+    elif uses_projections(loss.objective):
+        parts.append(f"alpha {loss.alpha}")
     if uses_projections(loss.objective):
-        if loss.objective != "gpaco":
-            parts.append(f"alpha {loss.alpha}")
         parts.append(f"tau {loss.temperature}")
     return ", ".join(parts)
 
