@@ -34,7 +34,7 @@ CONFIG = REPO / "configs" / "cifar10_lt_if100_acl.yaml"
 CSV = REPO / "benchmarks" / "results" / "cifar10_lt_ablation.csv"
 COLUMNS = ["setting", "seed", "epochs", "many", "medium", "few", "all", "val_best_all", "revision",
            "seconds_per_epoch"]  # fmt: skip
-ONE_VIEW = ["views.num_views=1"]  # the first view: AutoAugment + Cutout
+ONE_VIEW = ["views.num_views=1", "views.presets=[cifar_autoaugment_cutout]"]  # the first view: AutoAugment + Cutout
 # name -> (table label, overrides of the config); the paper's ablation first, then the rivals
 SETTINGS = {
     "ce_1view": ("CE, 1 view", ["loss.objective=ce", *ONE_VIEW]),
@@ -43,8 +43,8 @@ SETTINGS = {
     "bs_scl_uniform": ("BS + SCL, uniform views", ["loss.objective=bs+scl", "views.contrastive_mode=uniform"]),
     "bs_scl_aware": ("BS + SCL, distribution-aware views", ["loss.objective=bs+scl"]),
     "bs_acl": ("BS + ACL (ours)", ["loss.objective=bs+acl"]),
-    "bs_acl_noweights": ("BS + ACL without negative weights", ["loss.negative_weighting=none"]),
-    "bs_acl_nocenters": ("BS + ACL without class centres", ["loss.use_centers=false"]),
+    "bs_acl_noweights": ("BS + ACL without negative weights", ["loss.acl.negative_weighting=none"]),
+    "bs_acl_nocenters": ("BS + ACL without class centres", ["loss.acl.use_centers=false"]),
     # GPaCo: its CIFAR weights (alpha 0.01, beta = gamma = 1) on our views and schedule; it classifies itself.
     "gpaco": ("GPaCo", ["loss.objective=gpaco"]),
     # BCL: logit-adjusted CE weighted 2.0 plus BCL weighted 0.6 at tau 0.1 (its paper's CIFAR values).

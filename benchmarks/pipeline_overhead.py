@@ -28,7 +28,7 @@ from ltcl.config import load_config
 from ltcl.data.build import build_data
 from ltcl.engine.distributed import DistributedContext
 from ltcl.engine.loop import training_step
-from ltcl.engine.recipe import build_train_state, train_loader
+from ltcl.engine.recipe import build_train_state, model_views, train_loader
 from ltcl.engine.runtime import keep_freed_memory
 from ltcl.models import build_network
 
@@ -40,7 +40,7 @@ class FullStep:
 
     def __init__(self, cfg, data, ctx):
         self.state, _, self.amp = build_train_state(cfg, data, ctx)
-        self.sampler, self.loader = train_loader(cfg, data, ctx)
+        self.sampler, self.loader = train_loader(cfg, model_views(cfg), data, ctx)
         self.sampler.set_epoch(0)
         self.batches = iter(self.loader)
         self.views = 0

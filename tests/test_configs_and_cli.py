@@ -11,11 +11,8 @@ import torch
 
 from ltcl.cli import main
 from ltcl.config import ConfigError, load_config
-from ltcl.engine.objective import parse_objective
-from ltcl.engine.schedule import check_schedule
-from ltcl.engine.trainer import check_config
-from ltcl.models import apply_finetune, build_network
-from ltcl.models.backbones import OPEN_CLIP_PREFIX, TIMM_PREFIX
+from ltcl.methods import method_parts, resolve_config
+from ltcl.models import apply_finetune, backbone_family, build_network
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
@@ -45,16 +42,14 @@ def test_there_is_a_config_for_every_paper_setting():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_paper_config_parses_and_its_model_builds(path):
-    cfg = load_config(path)
-    check_config(cfg)
-    check_schedule(cfg.optim)
-    assert parse_objective(cfg.loss.objective)[1] == "acl"
-    # The paper's recipes (reference.md section 2).
+    cfg = resolve_config(load_config(path))
+    assert [part.name for part in method_parts(cfg.loss.objective)] == ["bs", "acl"]
+    # The paper's recipes (docs/conventions.md, "Recipes").
     if cfg.data.dataset.startswith("cifar"):
         assert (cfg.optim.lr, cfg.optim.epochs, cfg.loss.alpha, cfg.loss.temperature) == (0.07, 200, 0.1, 0.05)
         assert cfg.model.backbone == "resnet32" and cfg.optim.milestones == [160, 180]
     # timm and OpenCLIP backbones: our short fine-tuning recipe, not the paper's
-    foundation = cfg.model.backbone.startswith((TIMM_PREFIX, OPEN_CLIP_PREFIX))
+    foundation = backbone_family(cfg.model.backbone).name in ("timm", "open_clip")
     if cfg.data.dataset == "imagenet_lt" and not foundation:
         assert (cfg.optim.lr, cfg.optim.epochs, cfg.optim.weight_decay, cfg.loss.alpha) == (0.05, 90, 1e-3, 0.5)
         assert cfg.model.classifier == "cosine" and cfg.data.val_list and cfg.data.test_list
@@ -94,11 +89,13 @@ def test_bad_overrides_name_the_key_and_the_expected_type(overrides, message):
 
 
 def test_yaml_values_are_checked_and_bases_merge(tmp_path):
-    (tmp_path / "base.yaml").write_text("optim:\n  lr: 0.5\n  epochs: 7\n")
+    (tmp_path / "base.yaml").write_text(
+        "data:\n  dataset: digits_lt\noptim:\n  lr: 0.5\n  epochs: 7\n  warmup_epochs: 1\n"
+    )
     (tmp_path / "top.yaml").write_text("base: base.yaml\noptim:\n  lr: 1e-3\n")
     cfg = load_config(tmp_path / "top.yaml")
     assert (cfg.optim.lr, cfg.optim.epochs, cfg.name) == (1e-3, 7, "top")
-    (tmp_path / "bad.yaml").write_text("model:\n  backbone: [resnet32]\n")
+    (tmp_path / "bad.yaml").write_text("data:\n  dataset: digits_lt\nmodel:\n  backbone: [resnet32]\n")
     with pytest.raises(ConfigError, match="'model.backbone' expects a string"):
         load_config(tmp_path / "bad.yaml")
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
@@ -112,10 +109,13 @@ def test_yaml_values_are_checked_and_bases_merge(tmp_path):
     "argv, message",
     [
         (["train", "-c", "configs/none.yaml"], "does not exist"),
-        (["train", "-c", "configs/digits_lt.yaml", "--set", "loss.objective=bs+xy"], "'loss.objective' expects one of"),
+        (["train", "-c", "configs/digits_lt.yaml", "--set", "loss.objective=bs+xy"], "loss.objective 'bs+xy' is not"),
         (["train", "-c", "configs/digits_lt.yaml", "--set", "train.amp=fp8"], "'train.amp' expects one of auto, none"),
         (["train", "-c", "configs/digits_lt.yaml", "--set", "data.augment_on=gpu"], "'data.augment_on' expects one of"),
-        (["train", "-c", "configs/digits_lt.yaml", "--set", "model.finetune=lora"], "'model.finetune' expects one of"),
+        (
+            ["train", "-c", "configs/digits_lt.yaml", "--set", "model.finetune=lora"],
+            "model.finetune lora:R takes a rank",
+        ),
         (["train"], "Give a config with -c CONFIG.yaml, or continue a run with --resume"),
         (["data", "-c", "configs/cifar10_lt_if100_acl.yaml", "--set", "data.root=/nowhere/cifar"], "/nowhere/cifar"),
         (["data", "-c", "configs/digits_lt.yaml", "--set", "data.dataset=mnist"], "'data.dataset' expects one of"),

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,20 +32,25 @@ def test_readme_starts_with_the_two_commands():
     assert [line.split()[1] for line in lines[:2]] == ["run", "test"]
 
 
-def test_the_python_snippet_runs_and_gives_a_finite_differentiable_loss():
-    snippet = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
-    head = torch.nn.Linear(16, 128)
-    namespace = {
-        "class_counts": [500, 120, 40, 9],
-        "logits": torch.randn(32, 4, requires_grad=True),
-        "labels": torch.randint(0, 4, (32,)),
-        "projections": F.normalize(head(torch.randn(32, 16)), dim=1),
-    }
-    exec(snippet, namespace)
-    loss = namespace["loss"]
-    assert loss.dim() == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert head.weight.grad.abs().sum() > 0 and namespace["acl"].centers_initialized.any()
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+def test_every_python_block_runs_as_printed(tmp_path, monkeypatch):
+    """Blocks that start with ``# NAME.py`` are files for the command lines (written by the scratch fixture);
+    every other block runs as printed, in a fresh namespace."""
+    snippets = [b for b in python_blocks() if not re.match(r"# \w+\.py\n", b)]
+    assert snippets, "the README shows how to use the losses in Python"
+    monkeypatch.chdir(tmp_path)
+    for snippet in snippets:
+        namespace: dict = {}
+        exec(compile(snippet, "README.md", "exec"), namespace)
+    # the first block: Eq. 10 on made-up data, finite and differentiated by its own loss.backward()
+    first = snippets[0]
+    namespace = {}
+    exec(compile(first, "README.md", "exec"), namespace)
+    assert namespace["loss"].dim() == 0 and torch.isfinite(namespace["loss"])
+    assert namespace["logits"].grad.abs().sum() > 0 and namespace["acl"].centers_initialized.any()
 
 
 def readme_command_lines() -> list[str]:
@@ -75,6 +79,10 @@ def tiny(line: str) -> str:
 def scratch(tmp_path) -> Path:
     """A working directory with the configs, the YAML of the README's own-data section and a tiny photo folder."""
     (tmp_path / "configs").symlink_to(REPO / "configs")
+    for block in python_blocks():  # the README's files (a plugin), under the name they give themselves
+        name = re.match(r"# (\w+\.py)\n", block)
+        if name:
+            (tmp_path / name.group(1)).write_text(block)
     yaml_block = re.search(r"```yaml\n(# my_photos.yaml\n.*?)```", README.read_text(), re.S).group(1)
     (tmp_path / "my_photos.yaml").write_text(yaml_block)
     colours = {"cat": (200, 60, 40), "dog": (40, 60, 200), "owl": (40, 180, 60)}

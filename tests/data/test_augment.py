@@ -257,7 +257,7 @@ def _describe(step):
 
 
 def test_presets_follow_the_recipes():
-    """reference.md section 2 and the assignment, step by step (order included)."""
+    """The recipes of docs/conventions.md ("Recipes"), step by step (order included)."""
     cifar = ("ToNormalizedTensor", NORMALIZATION["cifar"][0], NORMALIZATION["cifar"][1])
     flip = ("RandomHorizontalFlip", 0.5)
     jitter = ("RandomApply", 0.8, ("ColorJitter", (0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1)))

@@ -262,13 +262,13 @@ def test_digits_lt():
 
 
 def test_build_split_rejects_bad_settings():
-    with pytest.raises(ValueError, match="data.dataset 'mnist' is unknown; expected one of digits_lt, cifar10_lt"):
+    with pytest.raises(ValueError, match="'data.dataset' expects one of digits_lt, cifar10_lt, .*, got 'mnist'"):
         build_split(cfg(dataset="mnist"), "train")
     with pytest.raises(ValueError, match="split must be one of train, val, test, got 'dev'"):
         build_split(cfg(), "dev")
-    with pytest.raises(ValueError, match="data.imbalance_factor must be a finite number >= 1, got 0.5"):
+    with pytest.raises(ValueError, match="'data.imbalance_factor' expects a number >= 1, got 0.5"):
         build_split(cfg(imbalance_factor=0.5), "train")
-    with pytest.raises(ValueError, match="data.imbalance_profile must be one of exp, step, got 'linear'"):
+    with pytest.raises(ValueError, match="'data.imbalance_profile' expects one of exp, step, got 'linear'"):
         build_split(cfg(imbalance_profile="linear"), "train")
-    with pytest.raises(ValueError, match="data.num_classes must be >= 0"):
+    with pytest.raises(ValueError, match="'data.num_classes' expects an integer >= 0"):
         build_split(cfg(dataset="places_lt", num_classes=-1), "train")

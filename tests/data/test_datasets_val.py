@@ -72,7 +72,7 @@ def test_cifar_validation_without_unused_images_is_an_error(tmp_path):
         build_split(dataclasses.replace(base, val_per_class=2), "val")
     val = build_split(dataclasses.replace(base, val_per_class=2, imbalance_factor=4), "val")
     assert val.class_counts() == [min(2, 4 - n) for n in longtail_counts(10, 4, 4)]
-    with pytest.raises(ValueError, match="data.val_per_class must be an integer >= 0, got -3"):
+    with pytest.raises(ValueError, match="'data.val_per_class' expects an integer >= 0, got -3"):
         build_split(dataclasses.replace(base, val_per_class=-3), "train")
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ltcl.config import ViewsConfig, load_config
+from ltcl.config import ConfigError, ViewsConfig, load_config
 from ltcl.data.augment import resolve_views, view_plan
 from ltcl.data.views import (
     MultiViewBatch,
@@ -106,8 +106,13 @@ def test_fewer_views_than_entries_use_the_first_entries(images):
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*.yaml")))
 def test_every_bundled_config_trains_on_one_view(path, images):
-    """README: ``--set views.num_views=1`` trains on one view, with the first preset at the first size."""
-    one, full = load_config(CONFIGS / path, ["views.num_views=1"]), load_config(CONFIGS / path)
+    """README: one view with the first preset at the first size; a longer list of presets is refused."""
+    full = load_config(CONFIGS / path)
+    first = [f"views.presets=[{full.views.presets[0]}]", f"views.sizes=[{full.views.sizes[0]}]"]
+    one = load_config(CONFIGS / path, ["views.num_views=1", *first])
+    if len(full.views.presets) > 1:
+        with pytest.raises(ConfigError, match="views.presets has .* entries but views.num_views is 1"):
+            load_config(CONFIGS / path, ["views.num_views=1", first[1]])
     # Sizes the model defines (0, foundation backbones) come from its input spec, read without weights.
     cfg = resolve_views(one.views, input_spec(one.model))
     assert view_plan(cfg) == view_plan(resolve_views(full.views, input_spec(full.model)))[:1]

@@ -3,6 +3,7 @@
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ltcl.config import OptimConfig
+from ltcl.config import ConfigError, OptimConfig, load_config
 from ltcl.data.sampling import EpochBatchSampler, SeededDataset, ShardSampler
 from ltcl.engine import checkpoint as ckpt
 from ltcl.engine.evaluate import accuracy_from_counts, format_table
-from ltcl.engine.schedule import check_schedule, learning_rate
+from ltcl.engine.schedule import learning_rate
 
 # ---------------------------------------------------------------------------------------------------------
 # Learning-rate schedule
@@ -42,16 +43,16 @@ def test_cosine_decays_from_lr_to_zero_after_warmup():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"schedule": "linear"}, "optim.schedule must be step or cosine"),
-        ({"epochs": 0}, "optim.epochs must be at least 1"),
-        ({"warmup_epochs": 300}, "optim.warmup_epochs must be between 0 and optim.epochs"),
-        ({"lr": 0.0}, "optim.lr must be positive"),
-        ({"milestones": [180, 160]}, "optim.milestones must be increasing"),
+        (["optim.schedule=linear"], "'optim.schedule' expects one of step, cosine"),
+        (["optim.epochs=0"], "'optim.epochs' expects an integer >= 1, got 0"),
+        (["optim.warmup_epochs=300"], "optim.warmup_epochs must be between 0 and optim.epochs"),
+        (["optim.lr=0"], "'optim.lr' expects a positive finite number, got 0.0"),
+        (["optim.milestones=[180, 160]"], "optim.milestones must be increasing"),
     ],
 )
-def test_bad_schedules_are_rejected(change, message):
-    with pytest.raises(ValueError, match=message):
-        check_schedule(OptimConfig(**change))
+def test_bad_schedules_are_rejected_when_the_config_loads(change, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(Path(__file__).parents[2] / "configs" / "digits_lt.yaml", change)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def test_loading_rejects_missing_garbage_and_foreign_files(tmp_path):
         ckpt.load_checkpoint(Path(foreign))
     older = tmp_path / "older.pt"
     torch.save({"format": 1, "model": {}}, older)
-    with pytest.raises(ValueError, match="has format 1; this ltcl reads format 2"):
+    with pytest.raises(ValueError, match="has format 1; this ltcl reads formats 2, 3"):
         ckpt.load_checkpoint(older)
 
 

@@ -32,11 +32,11 @@ TINY = [
 ]
 
 
-def ltcl(*args, env=None, check=True):
-    """Runs ``python -m ltcl.cli ARGS`` and returns the completed process."""
+def ltcl(*args, env=None, check=True, cwd=REPO):
+    """Runs ``python -m ltcl.cli ARGS`` (in ``cwd``, the repository by default) and returns the completed process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "ltcl.cli", *args], capture_output=True, text=True, env=full_env, cwd=REPO, timeout=600
+        [sys.executable, "-m", "ltcl.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"ltcl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -19,7 +19,7 @@ from tests.losses.test_distributed import global_batches  # the same batches: un
 # References
 
 
-def gpaco_reference(z, y, logits, counts, *, alpha, beta, gamma, tau, logit_tau=1.0):
+def gpaco_reference(z, y, logits, counts, *, alpha, beta, gamma, tau):
     """GPaCo: centre logits ``(l_ij + log prior_j) / t_c`` and sample similarities share one softmax; the own-class
     centre is a positive weighted beta, each sample positive alpha; the sample terms of the denominator gamma; the
     weighted log-likelihood is divided by the sum of the weights. Mean over anchors whose weights sum to > 0."""
@@ -28,7 +28,7 @@ def gpaco_reference(z, y, logits, counts, *, alpha, beta, gamma, tau, logit_tau=
     total_count = sum(counts)
     total, anchors = z.sum() * 0.0, 0
     for i in range(n):
-        centre = [(logits[i, j] + math.log(counts[j] / total_count)) / logit_tau for j in range(num_classes)]
+        centre = [logits[i, j] + math.log(counts[j] / total_count) for j in range(num_classes)]
         sample = {k: torch.dot(z[i], z[k]) / tau for k in range(n) if k != i}
         denominator = sum(torch.exp(a) for a in centre) + gamma * sum(torch.exp(s) for s in sample.values())
         positives = [k for k in sample if labels[k] == labels[i]]

@@ -1,11 +1,13 @@
 """Fine-tuning modes (full, bitfit, lora:R) and trainable prefixes on timm backbones and the built-ins."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 from ltcl.config import ModelConfig
-from ltcl.models import LoRADelta, ParameterCounts, apply_finetune, apply_trainable, build_network, parse_finetune
+from ltcl.models import FINETUNE_MODES, LoRADelta, ParameterCounts, apply_finetune, build_network, parse_finetune
 from tests.models.tiny import TINY_VIT
 
 pytest.importorskip("timm")
@@ -161,14 +163,15 @@ def test_lora_on_a_conv_net_is_refused_and_changes_nothing():
     assert [n for n, _ in net.named_parameters()] == names and all(p.requires_grad for p in net.parameters())
 
 
-def test_full_mode_equals_apply_trainable_and_head_prefixes_are_always_accepted():
+def test_full_mode_with_prefixes_trains_those_prefixes_and_the_heads():
     cfg = ModelConfig(backbone="resnet8", projection_dim=0, trainable=["backbone.layer3", "projection", "classifier"])
     net = build_network(cfg, num_classes=3)
     counts = apply_finetune(net, cfg)  # no projection head: the prefix "projection" is still fine
-    assert counts.trainable == apply_trainable(net, ["backbone.layer3", "classifier"])
+    expected = sum(p.numel() for n, p in net.named_parameters() if n.startswith(("backbone.layer3.", "classifier.")))
+    assert counts.trainable == expected < counts.total
     plain = build_network(ModelConfig(backbone="resnet8"), num_classes=3)
     full = apply_finetune(plain, ModelConfig(backbone="resnet8"))
-    assert full.trainable == full.total == apply_trainable(plain, [])
+    assert full.trainable == full.total
 
 
 @pytest.mark.parametrize(
@@ -181,13 +184,18 @@ def test_full_mode_equals_apply_trainable_and_head_prefixes_are_always_accepted(
     ],
 )
 def test_bad_finetune_values_are_one_sentence_errors(overrides, match):
-    net, cfg = vit(**overrides)
+    net, cfg = vit()
+    cfg = dataclasses.replace(cfg, **overrides)
     with pytest.raises(ValueError, match=match) as info:
         apply_finetune(net, cfg)
     assert str(info.value).count(". ") == 0 and str(info.value).endswith(".")
     assert all(p.requires_grad for p in net.parameters())
 
 
-def test_parse_finetune():
-    assert parse_finetune("full") == ("full", 0) and parse_finetune("bitfit") == ("bitfit", 0)
-    assert parse_finetune("lora:16") == ("lora", 16)
+def test_parse_finetune_reads_the_registered_modes():
+    modes = FINETUNE_MODES
+    assert parse_finetune("full") == (modes.get("full"), 0) and parse_finetune("bitfit") == (modes.get("bitfit"), 0)
+    assert parse_finetune("lora:16") == (modes.get("lora"), 16)
+    for bad, message in (("lora", "takes a rank R >= 1"), ("bitfit:2", "takes no argument"), ("lorra:4", "lora")):
+        with pytest.raises(ValueError, match=message):
+            parse_finetune(bad)

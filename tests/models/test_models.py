@@ -14,7 +14,7 @@ from ltcl.models import (
     LinearClassifier,
     LongTailNetwork,
     ProjectionHead,
-    apply_trainable,
+    apply_finetune,
     build_backbone,
     build_network,
     resnet32,
@@ -72,7 +72,7 @@ def test_resnet32_with_linear_classifier_has_the_paper_parameter_count():
 
 @pytest.mark.parametrize("name,depth", [("resnet8", 8), ("resnet20", 20), ("resnet44", 44), ("resnet56", 56)])
 def test_cifar_family_parameter_counts(name, depth):
-    backbone, dim = build_backbone(name)
+    backbone, dim, _ = build_backbone(name)
     assert dim == 64 and backbone.out_features == 64
     assert n_params(backbone) == cifar_resnet_param_count(depth)
 
@@ -136,7 +136,7 @@ def test_option_a_shortcut_is_parameter_free_subsample_and_zero_pad(size):
 
 @pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet50", 2048), ("resnext50_32x4d", 2048)])
 def test_torchvision_backbone_builds_and_returns_features(name, dim):
-    backbone, feature_dim = build_backbone(name)
+    backbone, feature_dim, _ = build_backbone(name)
     assert feature_dim == dim and isinstance(backbone.fc, nn.Identity)
     with torch.no_grad():
         out = backbone.eval()(torch.randn(1, 3, 64, 64))
@@ -147,7 +147,7 @@ def test_torchvision_backbone_builds_and_returns_features(name, dim):
     "name", ["resnet50", "resnext50_32x4d", "resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d"]
 )
 def test_torchvision_backbone_matches_torchvision_without_fc(name):
-    backbone, feature_dim = build_backbone(name)
+    backbone, feature_dim, _ = build_backbone(name)
     with torch.device("meta"):  # the reference costs no memory or init time
         reference = torchvision.models.get_model(name, weights=None)
     assert feature_dim == reference.fc.in_features == 2048
@@ -155,7 +155,7 @@ def test_torchvision_backbone_matches_torchvision_without_fc(name):
 
 
 def test_resnext101_32x4d_has_the_resnext_architecture():
-    backbone, feature_dim = build_backbone("resnext101_32x4d")
+    backbone, feature_dim, _ = build_backbone("resnext101_32x4d")
     assert feature_dim == 2048
     # the counting formula is first checked against torchvision's ResNeXt-50 32x4d, then applied to 101 layers
     with torch.device("meta"):
@@ -244,20 +244,20 @@ def _bn_named(net: nn.Module) -> dict[str, nn.BatchNorm2d]:
     return {n: m for n, m in net.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))}
 
 
-def test_apply_trainable_freezes_the_rest_and_keeps_frozen_bn_in_eval():
-    cfg = ModelConfig(backbone="resnet20", projection_hidden=16, projection_dim=8, projection_bn=True)
+def test_trainable_prefixes_freeze_the_rest_of_the_backbone_and_keep_frozen_bn_in_eval():
+    cfg = ModelConfig(backbone="resnet20", projection_hidden=16, projection_dim=8, projection_bn=True,
+                      trainable=["backbone.layer3.2"])  # fmt: skip
     net = build_network(cfg, num_classes=5)
-    prefixes = ["backbone.layer3.2", "classifier"]
-    count = apply_trainable(net, prefixes)
+    count = apply_finetune(net, cfg).trainable
 
     for name, param in net.named_parameters():
-        expected = name.startswith("backbone.layer3.2.") or name.startswith("classifier.")
+        expected = name.startswith(("backbone.layer3.2.", "classifier.", "projection."))  # heads always train
         assert param.requires_grad == expected, name
-    assert count == n_params(net.backbone.layer3[2]) + n_params(net.classifier)
+    assert count == n_params(net.backbone.layer3[2]) + n_params(net.classifier) + n_params(net.projection)
 
     net.train()
     for name, bn in _bn_named(net).items():
-        assert bn.training == name.startswith("backbone.layer3.2."), name
+        assert bn.training == name.startswith(("backbone.layer3.2.", "projection.")), name
     frozen, trained = net.backbone.layer1[0].bn1, net.backbone.layer3[2].bn2
     frozen_before, trained_before = frozen.running_mean.clone(), trained.running_mean.clone()
     out = net(torch.randn(4, 3, 32, 32) * 2 + 1)
@@ -266,24 +266,24 @@ def test_apply_trainable_freezes_the_rest_and_keeps_frozen_bn_in_eval():
 
     (out.logits.sum() + out.projections.sum()).backward()
     assert net.backbone.layer3[2].conv1.weight.grad is not None
-    assert net.backbone.layer3[1].conv1.weight.grad is None and net.projection[0].weight.grad is None
+    assert net.backbone.layer3[1].conv1.weight.grad is None and net.projection[0].weight.grad is not None
 
     net.eval()
     assert not any(bn.training for bn in _bn_named(net).values())
 
 
-def test_apply_trainable_matches_whole_name_components():
+def test_trainable_prefixes_match_whole_name_components():
     net = LongTailNetwork(CifarResNet(68), 64, 4, None, LinearClassifier(64, 4))  # 11 blocks: layer3.1 vs .10
-    apply_trainable(net, ["backbone.layer3.1", "classifier."])
+    apply_finetune(net, ModelConfig(trainable=["backbone.layer3.1", "classifier."]))
     assert net.backbone.layer3[1].conv1.weight.requires_grad
     assert not net.backbone.layer3[10].conv1.weight.requires_grad
     assert net.classifier.bias.requires_grad
 
 
-def test_apply_trainable_empty_and_unknown_prefix():
+def test_trainable_prefixes_empty_and_unknown_prefix():
     net = build_network(ModelConfig(backbone="resnet8"), num_classes=4)
-    assert apply_trainable(net, []) == n_params(net)
+    assert apply_finetune(net, ModelConfig(backbone="resnet8")).trainable == n_params(net)
     assert all(p.requires_grad for p in net.parameters())
     with pytest.raises(ValueError, match="backbone.layer9"):
-        apply_trainable(net, ["classifier", "backbone.layer9"])
+        apply_finetune(net, ModelConfig(backbone="resnet8", trainable=["classifier", "backbone.layer9"]))
     assert all(p.requires_grad for p in net.parameters())  # nothing frozen by a failed call

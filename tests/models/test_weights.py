@@ -17,15 +17,15 @@ def _assert_same_state(a: nn.Module, b: nn.Module) -> None:
 
 
 def test_weights_round_trip_with_module_prefix_and_nested_state_dict(tmp_path):
-    source, _ = build_backbone("resnet8")
+    source, _, _ = build_backbone("resnet8")
     source.train()(torch.randn(4, 3, 32, 32))  # non-trivial running stats
     state = {f"module.{k}": v for k, v in source.state_dict().items()}
     state["module.fc.weight"] = torch.randn(10, 64)  # a classifier from pretraining is ignored
     path = tmp_path / "ckpt.pt"
     torch.save({"state_dict": state, "epoch": 7}, path)
 
-    loaded, _ = build_backbone("resnet8", weights=str(path))
-    fresh, _ = build_backbone("resnet8")
+    loaded, _, _ = build_backbone("resnet8", weights=str(path))
+    fresh, _, _ = build_backbone("resnet8")
     assert not torch.equal(fresh.conv1.weight, source.conv1.weight)
     _assert_same_state(loaded, source)
 
@@ -35,7 +35,7 @@ def test_weights_from_torchvision_style_and_moco_style_files(tmp_path):
     # torchvision's own files keep fc and (in older releases) lack BN num_batches_tracked
     plain = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
     torch.save(plain, tmp_path / "tv.pth")
-    loaded, _ = build_backbone("resnet18", weights=str(tmp_path / "tv.pth"))
+    loaded, _, _ = build_backbone("resnet18", weights=str(tmp_path / "tv.pth"))
     for key, value in plain.items():
         if not key.startswith("fc."):
             torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
@@ -44,7 +44,7 @@ def test_weights_from_torchvision_style_and_moco_style_files(tmp_path):
     moco = {f"module.encoder_q.{k}": v for k, v in source.state_dict().items()}
     moco.update({f"module.encoder_k.{k}": v for k, v in other.state_dict().items()})
     torch.save({"model": moco}, tmp_path / "moco.pth")
-    loaded, _ = build_backbone("resnet18", weights=str(tmp_path / "moco.pth"))
+    loaded, _, _ = build_backbone("resnet18", weights=str(tmp_path / "moco.pth"))
     torch.testing.assert_close(loaded.layer4[1].conv2.weight, source.layer4[1].conv2.weight, rtol=0, atol=0)
 
 
@@ -71,7 +71,7 @@ def test_weights_error_paths(tmp_path):
     with pytest.raises(ValueError, match="list.pt.*no state_dict"):
         build_backbone("resnet8", weights=str(tmp_path / "list.pt"))
 
-    source, _ = build_backbone("resnet8")
+    source, _, _ = build_backbone("resnet8")
     state = source.state_dict()
     del state["layer3.0.conv1.weight"]
     torch.save(state, tmp_path / "partial.pt")

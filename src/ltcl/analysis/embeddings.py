@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 from ltcl.engine.inference import TrainedModel, evaluation_split
+from ltcl.errors import UserError
 
 GROUP_INDEX = {name: g for g, name in enumerate(SHOT_GROUPS)}
 
@@ -54,13 +55,13 @@ def select_classes(
             name, _, k_text = item.partition(":")
             name = name.strip().lower()
             if name not in GROUP_INDEX:
-                raise ValueError(f"--classes item '{item}' names no shot group; use many:K, medium:K or few:K.")
+                raise UserError(f"--classes item '{item}' names no shot group; use many:K, medium:K or few:K.")
             if not k_text.strip().isdigit() or int(k_text) < 1:
-                raise ValueError(f"--classes item '{item}' needs a positive number of classes after the colon.")
+                raise UserError(f"--classes item '{item}' needs a positive number of classes after the colon.")
             members = np.flatnonzero(groups == GROUP_INDEX[name])
             members = members[~np.isin(members, chosen)]
             if members.size == 0:
-                raise ValueError(
+                raise UserError(
                     f"--classes asks for {name}-shot classes but this run has none (training "
                     f"counts {min(counts)} to {max(counts)}; many > {many}, few < {few})."
                 )
@@ -71,14 +72,14 @@ def select_classes(
             chosen += sorted(picked.tolist(), key=lambda j: (-counts[j], j))
         else:
             if not item.isdigit() or int(item) >= len(counts):
-                raise ValueError(
+                raise UserError(
                     f"--classes item '{item}' is not a class index between 0 and "
                     f"{len(counts) - 1} nor a group such as many:5."
                 )
             if int(item) not in chosen:
                 chosen.append(int(item))
     if not chosen:
-        raise ValueError(f"--classes '{spec}' selects no class; use e.g. many:5,few:5 or 0,3,7.")
+        raise UserError(f"--classes '{spec}' selects no class; use e.g. many:5,few:5 or 0,3,7.")
     return chosen, notes
 
 
@@ -112,7 +113,7 @@ def collect_embeddings(
         indices.append(members)
     keep = np.concatenate(indices) if indices else np.zeros(0, np.int64)
     if keep.size == 0:
-        raise ValueError(f"The '{split}' split has no image of the chosen classes {classes}.")
+        raise UserError(f"The '{split}' split has no image of the chosen classes {classes}.")
     loader = DataLoader(
         Subset(dataset, keep.tolist()), batch_size=batch_size or cfg.data.eval_batch_size, num_workers=0
     )
@@ -139,7 +140,7 @@ def tsne_2d(vectors: np.ndarray, *, seed: int = 0, perplexity: float = 30.0) -> 
 
     n = len(vectors)
     if n < 4:
-        raise ValueError(f"t-SNE needs at least 4 images, got {n}; choose more classes or a larger --max-per-class.")
+        raise UserError(f"t-SNE needs at least 4 images, got {n}; choose more classes or a larger --max-per-class.")
     perplexity = min(perplexity, (n - 1) / 3)
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
     return tsne.fit_transform(np.asarray(vectors, dtype=np.float32)).astype(np.float64)

@@ -141,15 +141,16 @@ def draw_group_bars(ax, test: dict[str, float | None]) -> None:
 
 
 def plot_loss_curves(columns: dict[str, np.ndarray], out: str | Path, *, name: str) -> Path:
-    """Training loss per epoch: total, classification and contrastive parts.
+    """Training loss per epoch: the total and every part the objective recorded (``loss_*`` columns).
 
     Args:
-        columns: metrics columns, each (E,) float with NaN for an empty cell: ``epoch``, ``loss`` and, when
-            recorded, ``loss_cls`` and ``loss_con``.
+        columns: metrics columns, each (E,) float with NaN for an empty cell: ``epoch``, ``loss`` and the parts,
+            e.g. ``loss_cls`` and ``loss_con``.
     """
     fig = Figure(figsize=(7, 4.2))
     ax = fig.subplots()
-    parts = (("loss", "total"), ("loss_cls", "classification"), ("loss_con", "contrastive (unweighted)"))
+    labels = {"loss": "total", "loss_cls": "classification", "loss_con": "contrastive (unweighted)"}
+    parts = [(key, labels.get(key, key.removeprefix("loss_"))) for key in columns if key.startswith("loss")]
     for key, label in parts:
         if key in columns and np.isfinite(columns[key]).any():
             ax.plot(columns["epoch"], columns[key], marker="o", markersize=3, label=label)

@@ -17,6 +17,7 @@ from ltcl.analysis.tables import SettingRow, results_table, summarize, write_csv
 from ltcl.config import Config, apply_override, changed_keys, load_config, to_dict
 from ltcl.engine.resume import EXECUTION_KEYS
 from ltcl.engine.rundir import RunDir
+from ltcl.errors import UserError
 
 RESERVED = {"train.seed": "--seeds", "train.run_name": "the sweep's naming", "train.output_dir": "--out"}
 # What may differ between a run directory and the sweep that reuses it: how the run executes, and where the
@@ -65,13 +66,13 @@ def parse_grid(specs: list[str]) -> list[GridAxis]:
         key = key.strip()
         values = split_values(raw) if sep else []
         if not key or not raw.strip() or "" in values:
-            raise ValueError(f"--grid '{spec}' must have the form KEY=V1,V2 (for example loss.alpha=0.1,0.5).")
+            raise UserError(f"--grid '{spec}' must have the form KEY=V1,V2 (for example loss.alpha=0.1,0.5).")
         if key in RESERVED:
-            raise ValueError(f"--grid cannot vary {key}: the sweep sets it (use {RESERVED[key]}).")
+            raise UserError(f"--grid cannot vary {key}: the sweep sets it (use {RESERVED[key]}).")
         if any(a.key == key for a in axes):
-            raise ValueError(f"--grid names {key} twice; give all its values in one --grid {key}=V1,V2.")
+            raise UserError(f"--grid names {key} twice; give all its values in one --grid {key}=V1,V2.")
         if len(set(values)) != len(values):
-            raise ValueError(f"--grid {key} repeats a value: {raw}.")
+            raise UserError(f"--grid {key} repeats a value: {raw}.")
         typed = []
         for value in values:
             node = apply_override({}, f"{key}={value}")  # raises for unknown keys and wrong types
@@ -91,11 +92,11 @@ def safe_name(text: str) -> str:
 def plan_sweep(axes: list[GridAxis], seeds: int, overrides: list[str], out: Path) -> list[PlannedRun]:
     """Every combination of grid values (cartesian product) times seeds 0..seeds-1, with readable names."""
     if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}.")
+        raise UserError(f"--seeds must be at least 1, got {seeds}.")
     fixed = {o.partition("=")[0].strip() for o in overrides}
     clash = sorted(fixed & ({a.key for a in axes} | set(RESERVED)))
     if clash:
-        raise ValueError(f"--set {clash[0]} conflicts with the sweep, which sets {clash[0]} itself; drop that --set.")
+        raise UserError(f"--set {clash[0]} conflicts with the sweep, which sets {clash[0]} itself; drop that --set.")
     last = [a.key.rsplit(".", 1)[-1] for a in axes]
     short = [s if last.count(s) == 1 else a.key for s, a in zip(last, axes)]
     runs, names = [], set()
@@ -104,7 +105,7 @@ def plan_sweep(axes: list[GridAxis], seeds: int, overrides: list[str], out: Path
         for seed in range(seeds):
             name = "_".join([f"{s}={safe_name(v)}" for s, v in zip(short, combo)] + [f"seed{seed}"])
             if name in names:
-                raise ValueError(
+                raise UserError(
                     f"Two grid settings give the same run name {name}; make the values differ in letters or digits."
                 )
             names.add(name)
@@ -134,12 +135,11 @@ def sweep_commands(config: str, runs: list[PlannedRun], out: Path, nproc: int) -
 def check_runs(config: str, runs: list[PlannedRun]) -> list[Config]:
     """The resolved config of every planned run; a bad value fails here, before anything trains."""
     from ltcl.data.datasets import resolve_data_paths
-    from ltcl.engine.trainer import check_config
+    from ltcl.methods import resolve_config
 
     configs = []
     for run in runs:
-        cfg = load_config(config, run.overrides)
-        check_config(cfg)
+        cfg = resolve_config(load_config(config, run.overrides))
         # absolute data paths, as a checkpoint keeps them: a sweep continued from another directory still matches
         configs.append(replace(cfg, data=resolve_data_paths(cfg.data)))
     return configs
@@ -151,7 +151,7 @@ def check_same_config(run_dir: RunDir, saved: dict, cfg: Config) -> None:
     saved = {k: v for k, v in saved.items() if k != "run"}  # config.yaml's facts of the run
     differing = [k for k in changed_keys(saved, to_dict(cfg)) if k not in SWEEP_MAY_CHANGE]
     if differing:
-        raise ValueError(
+        raise UserError(
             f"Run directory {run_dir} was made with other settings ({', '.join(differing[:3])} differ); "
             "choose another --out or delete that directory."
         )

@@ -1,4 +1,4 @@
-"""The ``ltcl`` command line: train, eval, predict, data, analyze, sweep, compare.
+"""The ``ltcl`` command line: train, eval, predict, data, methods, analyze, sweep, compare.
 
 Each command lives in its own module and registers its parser here; :mod:`.common` turns failures into one
 sentence and an exit status.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ltcl.cli import analyses, data, train, use
+from ltcl.cli import analyses, data, methods, train, use
 from ltcl.cli.common import run_command
 
 EPILOG = """examples:
@@ -18,6 +18,7 @@ EPILOG = """examples:
   torchrun --nproc-per-node 4 -m ltcl.cli train -c configs/imagenet_lt_x50_acl.yaml
   ltcl eval    --checkpoint runs/digits_lt/checkpoint_last.pt --split test
   ltcl predict --checkpoint runs/digits_lt/checkpoint_last.pt photos/ 'more/*.jpg' --json
+  ltcl methods                     # every method, backbone family and fine-tuning mode
 """
 
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train, use, data, analyses):
+    for module in (train, use, data, methods, analyses):
         module.register(commands)
     return parser
 

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ltcl.cli.common import UserError, add_device_option, add_set_option
+from ltcl.cli.common import add_device_option, add_set_option
+from ltcl.errors import UserError
 
 ANALYZE_EPILOG = """examples:
   ltcl analyze conflicts runs/scl runs/acl --out fig4a.png
@@ -73,7 +74,7 @@ def cmd_tsne(args: argparse.Namespace) -> int:
     from ltcl.engine.inference import load_trained_model
 
     if args.max_per_class < 0:
-        raise ValueError(f"--max-per-class must be 0 (all images) or a positive number, got {args.max_per_class}.")
+        raise UserError(f"--max-per-class must be 0 (all images) or a positive number, got {args.max_per_class}.")
     trained = load_trained_model(args.checkpoint, args.overrides, device=args.device)
     data = trained.cfg.data
     counts = trained.class_counts
@@ -105,9 +106,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ltcl.analysis.tables import results_table
 
     if args.nproc_per_node is not None and not args.print_commands:
-        raise ValueError("--nproc-per-node only applies with --print-commands (the sweep itself runs in one process).")
+        raise UserError("--nproc-per-node only applies with --print-commands (the sweep itself runs in one process).")
     if args.nproc_per_node is not None and args.nproc_per_node < 1:
-        raise ValueError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}.")
+        raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}.")
     axes = sweep.parse_grid(args.grid)
     out = Path(args.out or f"runs/sweep_{Path(args.config).stem}")
     runs = sweep.plan_sweep(axes, args.seeds, args.overrides, out)

@@ -1,7 +1,8 @@
 """What every command shares: the --set and --device options, and how failures become exit statuses.
 
 Exit statuses: 0 done; 2 a mistake the user can fix (bad key, missing file, corrupt image, refused resume),
-printed as one sentence; 3 a broken model (a non-finite loss during training, NaN weights in a checkpoint);
+printed as one sentence (:class:`ltcl.errors.UserError` and missing files; any other exception is a bug in ltcl
+and keeps its traceback); 3 a broken model (a non-finite loss during training, NaN weights in a checkpoint);
 130 / 143 interrupted by SIGINT / SIGTERM after saving.
 """
 
@@ -10,17 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ltcl.config import ConfigError
-from ltcl.engine.evaluate import NonFiniteOutput
-from ltcl.engine.inference import BrokenModel
-from ltcl.engine.interrupts import Interrupted
-from ltcl.engine.monitor import NonFiniteLoss
+from ltcl.errors import UserError
 
 USER_MISTAKE, BROKEN_MODEL = 2, 3
-
-
-class UserError(Exception):
-    """Raised for mistakes the user can fix; printed without a traceback."""
 
 
 def add_set_option(
@@ -49,6 +42,12 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Runs ``args.run(args)`` and maps every expected failure to its exit status with one sentence on stderr."""
+    # Imported here, not at the top: `ltcl --help` must not wait for torch.
+    from ltcl.engine.evaluate import NonFiniteOutput
+    from ltcl.engine.inference import BrokenModel
+    from ltcl.engine.interrupts import Interrupted
+    from ltcl.engine.monitor import NonFiniteLoss
+
     name = f"ltcl {args.command}"
     try:
         return args.run(args)
@@ -58,7 +57,7 @@ def run_command(args: argparse.Namespace) -> int:
     except Interrupted as err:
         print(f"{name}: {err}", file=sys.stderr)
         return err.exit_status
-    except (UserError, ConfigError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
+    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
         message = " ".join(str(err).split()) or type(err).__name__
         if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
             message = f"{message}: {err.filename}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
 
 from ltcl.cli.common import UserError, add_set_option
 
@@ -15,6 +17,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ltcl.engine.trainer import train
 
     if args.resume:
+        if args.plugin:
+            raise UserError("--plugin starts a run; a resumed run loads the plugins recorded in its config.")
         plan = plan_resume(args.resume, args.config, args.overrides, args.extend_epochs)
         result = train(plan.cfg, resume=plan)
     else:
@@ -22,7 +26,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError("Give a config with -c CONFIG.yaml, or continue a run with --resume CHECKPOINT.")
         if args.extend_epochs is not None:
             raise UserError("--extend-epochs continues a run: use it with --resume CHECKPOINT.")
-        result = train(load_config(args.config, args.overrides))
+        cfg = load_config(args.config, args.overrides)
+        result = train(replace(cfg, plugins=[*cfg.plugins, *(str(Path(p).resolve()) for p in args.plugin)]))
     if not result.already_finished:
         run_dir = RunDir(result.run_dir)
         run_dir.link_plots(make_run_plots(run_dir.path))
@@ -45,6 +50,14 @@ def register(commands) -> None:
         metavar="CHECKPOINT",
         help="continue the run of this checkpoint (never automatic); its config is the run's config, and "
         "a -c or --set value that would change what the model sees is refused",
+    )
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="a Python file that registers your own method or backbone (ltcl.register_objective, "
+        "ltcl.register_backbone); repeatable, recorded with the run",
     )
     p.add_argument(
         "--extend-epochs",

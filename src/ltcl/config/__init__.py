@@ -1,19 +1,21 @@
 """Configuration: one dataclass tree (:mod:`.schema`); YAML files hold the values; ``--set key=value`` overrides
-them (:mod:`.parse`); :mod:`.diff` compares two configs.
+them (:mod:`.parse`); :mod:`.checks` holds the value ranges, checked once at load; :mod:`.diff` compares two
+configs.
 
 Every hyperparameter of a run lives here, so that the resolved tree saved with each run is the whole definition
-of that run (reference.md, trap 7).
+of that run: nothing that changes a result is hidden in code.
 """
 
+from ltcl.config.checks import ConfigError, validate
 from ltcl.config.diff import changed_keys, describe_changes, flatten
 from ltcl.config.parse import (
-    ConfigError,
     apply_override,
     from_dict,
     load_config,
+    migrate_renamed_keys,
     save_config,
     to_dict,
-    to_yaml,
+    unknown_key,
 )
 from ltcl.config.schema import (
     Config,
@@ -40,7 +42,9 @@ __all__ = [
     "flatten",
     "from_dict",
     "load_config",
+    "migrate_renamed_keys",
     "save_config",
     "to_dict",
-    "to_yaml",
+    "unknown_key",
+    "validate",
 ]

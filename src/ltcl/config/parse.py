@@ -1,14 +1,19 @@
 """Reading configs: YAML files and ``--set key=value`` overrides, type-checked against the dataclass tree.
 
-A YAML file may start from another one with ``base: other.yaml`` (a path relative to the file); keys it sets
-replace the base's. Every mistake raises :class:`ConfigError` with one sentence naming the key and what was
-expected.
+A YAML file may start from another one with ``base: other.yaml``: the path is relative to the folder of the file
+that names it (not to the working directory); keys the file sets replace the base's. ``plugins:`` paths are
+relative to the file's folder too. Every mistake raises :class:`ConfigError` with one sentence naming the key and
+what was expected.
+
+A dataclass field with ``metadata={"inline_sections": True}`` (``loss.sections``) holds named sections that are
+written inline: ``loss.acl.center_momentum`` in YAML and ``--set`` lands in ``loss.sections["acl"]``. The sections
+are plain mappings here; the method that owns a section types and checks it (:mod:`ltcl.methods`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -16,11 +21,24 @@ from typing import Any
 
 import yaml
 
+from ltcl.config.checks import ConfigError, field_problem, validate
 from ltcl.config.schema import Config
 
-
-class ConfigError(ValueError):
-    """A configuration file or override is wrong; the message names the key and what was expected."""
+# Keys of earlier ltcl versions, now in their method's section. A config that still uses one is refused with a
+# sentence naming the new key; a checkpoint written by an earlier version is read with its keys moved.
+RENAMED_KEYS = {
+    "loss.use_centers": "loss.acl.use_centers",
+    "loss.center_momentum": "loss.acl.center_momentum",
+    "loss.negative_weighting": "loss.acl.negative_weighting",
+    "loss.logit_adjust_tau": "loss.la.tau",
+    "loss.ldam_max_margin": "loss.ldam.max_margin",
+    "loss.ldam_scale": "loss.ldam.scale",
+    "loss.drw_start_epoch": "loss.ldam.drw_start_epoch",
+    "loss.drw_beta": "loss.ldam.drw_beta",
+    "loss.gpaco_alpha": "loss.gpaco.alpha",
+    "loss.gpaco_beta": "loss.gpaco.beta",
+    "loss.gpaco_gamma": "loss.gpaco.gamma",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -100,41 +118,93 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _check_pattern(cls: type, name: str, value: Any, key: str) -> None:
-    """Fields with a ``pattern`` in their metadata must match it as a whole."""
-    pattern = next((f.metadata.get("pattern") for f in dataclasses.fields(cls) if f.name == name), None)
-    if pattern and not re.fullmatch(pattern, value):
-        choices = pattern.replace("[1-9][0-9]*", "R").replace("|", ", ")
-        raise ConfigError(f"'{key}' expects one of {choices}, got {value!r}.")
+def _sections_field(cls: type) -> str | None:
+    """The name of ``cls``'s inline-sections field, or None."""
+    return next((f.name for f in dataclasses.fields(cls) if f.metadata.get("inline_sections")), None)
+
+
+def unknown_key(full: str, known: typing.Iterable[str]) -> ConfigError:
+    """The error for an unknown key: its new name when it was renamed, else the known keys and the closest."""
+    if full in RENAMED_KEYS:
+        return ConfigError(f"'{full}' is now '{RENAMED_KEYS[full]}': rename it in the config or --set.")
+    known = sorted(known)
+    name = full.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, known, n=2)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"Unknown config key '{full}' (known keys here: {', '.join(known)}).{hint}")
+
+
+def _section(value: Any, key: str) -> dict[str, Any]:
+    """A method section as given: a mapping of names to plain values (typed later by the method that owns it)."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"'{key}' expects a mapping of the method's keys, got {value!r}.")
+    for name, item in value.items():
+        if isinstance(item, dict):
+            raise ConfigError(f"'{key}.{name}' expects a value, not a mapping: method sections are one level deep.")
+    return dict(value)
 
 
 def from_dict(values: dict[str, Any], cls: type = Config, prefix: str = "") -> Any:
-    """Builds dataclass ``cls`` from nested plain values; unknown keys and wrong types raise ConfigError."""
+    """Builds dataclass ``cls`` from nested plain values; unknown keys, wrong types and values outside a field's
+    declared range raise ConfigError."""
     if not isinstance(values, dict):
         raise ConfigError(f"'{prefix or 'config'}' expects a mapping of keys, got {values!r}.")
     hints = _field_types(cls)
-    kwargs = {}
+    sections_field = _sections_field(cls)
+    kwargs: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     for key, value in values.items():
         full = f"{prefix}{key}"
-        if key not in hints:
-            known = ", ".join(sorted(hints))
-            raise ConfigError(f"Unknown config key '{full}' (known keys here: {known}).")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(value, tp, f"{full}.")
+        if key == sections_field:  # a config dict written by an earlier version of to_dict
+            sections |= {name: _section(v, f"{prefix}{name}") for name, v in (value or {}).items()}
+        elif key not in hints:
+            if sections_field is None or not isinstance(value, dict) or full in RENAMED_KEYS:
+                raise unknown_key(full, [h for h in hints if h != sections_field])
+            sections[key] = _section(value, full)
+        elif dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = from_dict(value, hints[key], f"{full}.")
         else:
-            kwargs[key] = _coerce(value, tp, full)
-            _check_pattern(cls, key, kwargs[key], full)
+            kwargs[key] = _coerce(value, hints[key], full)
+            problem = field_problem(cls, key, kwargs[key], full)
+            if problem:
+                raise ConfigError(problem)
+    if sections_field is not None:
+        kwargs[sections_field] = sections
     return cls(**kwargs)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain nested dicts and lists (YAML- and ``torch.load(weights_only=True)``-safe)."""
-    return dataclasses.asdict(cfg)
+    """The config as plain nested dicts and lists (YAML- and ``torch.load(weights_only=True)``-safe); method
+    sections are written inline, as in the YAML files."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("inline_sections"):
+            values |= {name: dict(section) for name, section in value.items()}
+        elif dataclasses.is_dataclass(value):
+            values[f.name] = to_dict(value)
+        else:
+            values[f.name] = _plain(value)
+    return values
 
 
-def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip()
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def migrate_renamed_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict of an earlier ltcl version with its renamed keys moved to their new place (checkpoints)."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for old, new in RENAMED_KEYS.items():
+        section, key = old.split(".")
+        if key in values.get(section, {}):
+            _, method, name = new.split(".")
+            values[section].setdefault(method, {})[name] = values[section].pop(key)
+    return values
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -159,9 +229,17 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} is not valid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(values, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of keys at the top level.")
+    if isinstance(values.get("plugins"), list):  # relative to this file, like base
+        values["plugins"] = [str(path.parent / str(p)) for p in values["plugins"]]
     base = values.pop("base", None)
     if base is not None:
-        values = _merge(_read_yaml(path.parent / base, seen + (path,)), values)
+        base_path = path.parent / str(base)
+        if not base_path.is_file():
+            raise ConfigError(
+                f"Config file {path} names base: {base}, but {base_path.resolve()} does not exist (base is "
+                "relative to the folder of the file that names it, not to the working directory)."
+            )
+        values = _merge(_read_yaml(base_path, seen + (path,)), values)
     return values
 
 
@@ -176,7 +254,12 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _override_value(raw: str, tp: Any, key: str) -> Any:
-    """Reads a command-line value for a field of type ``tp``."""
+    """Reads a command-line value for a field of type ``tp`` (``Any``: as YAML reads it)."""
+    if tp is Any:
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return raw
     if tp is str or typing.get_origin(tp) is typing.Literal:
         return raw
     if typing.get_origin(tp) is list:
@@ -213,9 +296,14 @@ def apply_override(values: dict[str, Any], text: str) -> dict[str, Any]:
     for depth, part in enumerate(path):
         hints = _field_types(cls)
         full = ".".join(path[: depth + 1])
-        if part not in hints:
-            known = ", ".join(sorted(hints))
-            raise ConfigError(f"Unknown config key '{full}' (known keys here: {known}).")
+        sections_field = _sections_field(cls)
+        if part not in hints and sections_field and full not in RENAMED_KEYS and depth == len(path) - 2:
+            # a method section's key (loss.acl.center_momentum): typed by the method when the run starts
+            node.setdefault(part, {})[path[-1]] = _override_value(raw, Any, ".".join(path))
+            return values
+        if part not in hints or part == sections_field:
+            known = [h for h in hints if h != sections_field]
+            raise unknown_key(".".join(path) if full in RENAMED_KEYS else full, known)
         tp = hints[part]
         last = depth == len(path) - 1
         if dataclasses.is_dataclass(tp):
@@ -231,14 +319,28 @@ def apply_override(values: dict[str, Any], text: str) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Reads a YAML config (or the defaults when ``path`` is None) and applies ``--set`` overrides."""
+    """Reads a YAML config (or the defaults when ``path`` is None), applies ``--set`` overrides and checks the
+    values (:func:`ltcl.config.checks.validate`).
+
+    Raises:
+        ConfigError: one sentence naming the problem, e.g. a file (or its bases and overrides) that names no
+            dataset: the built-in defaults are no experiment anyone meant to run.
+    """
     values: dict[str, Any] = {}
     if path is not None:
         values = _read_yaml(Path(path))
         values.setdefault("name", Path(path).stem)
     for text in overrides:
         apply_override(values, text)
-    return from_dict(values)
+    if path is not None and "dataset" not in (values.get("data") or {}):
+        raise ConfigError(
+            f"Config file {path} names no dataset (data.dataset, in the file, its base: files or --set): start "
+            "from a config of configs/ with base:, or set data.dataset to digits_lt, cifar10_lt, cifar100_lt, "
+            "imagenet_lt, places_lt, inat2018 or image_folder."
+        )
+    cfg = from_dict(values)
+    validate(cfg)
+    return cfg
 
 
 def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = None) -> None:

@@ -12,6 +12,7 @@ from ltcl.data.augment import build_test_transform
 from ltcl.data.datasets import LabelledDataset, build_split
 from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 from ltcl.data.views import build_multiview_transform, contrastive_view_counts
+from ltcl.errors import UserError
 
 
 @dataclass
@@ -56,7 +57,7 @@ def build_data(
     counts = train.class_counts()
     if min(counts) <= 0:
         empty = [train.classes[j] for j, n in enumerate(counts) if n <= 0][:5]
-        raise ValueError(
+        raise UserError(
             f"The training set has classes without images ({', '.join(empty)}...): every class needs at least one."
         )
     view_counts = contrastive_view_counts(counts, views, many=cfg.data.many_threshold, few=cfg.data.few_threshold)

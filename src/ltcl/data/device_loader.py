@@ -15,6 +15,7 @@ from torch import Tensor
 from ltcl.config import ViewsConfig
 from ltcl.data.sampling import EpochBatchSampler
 from ltcl.data.views import assemble_views
+from ltcl.errors import UserError
 
 _MIX = (1_000_003, 10_007, 101)
 
@@ -23,7 +24,7 @@ def resident_images(dataset, device: torch.device) -> tuple[Tensor, Tensor]:
     """(N, 3, H, W) uint8 images and (N,) labels of an in-memory dataset, on ``device``."""
     images = getattr(dataset, "images", None)
     if images is None:
-        raise ValueError(
+        raise UserError(
             "data.augment_on 'device' needs an in-memory dataset (cifar10_lt, cifar100_lt, digits_lt); this one "
             "reads image files: use data.augment_on=loader."
         )

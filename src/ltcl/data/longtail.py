@@ -2,7 +2,7 @@
 
 The CIFAR-LT subsets of every published anchor come from LDAM-DRW's ``IMBALANCECIFAR10``: per-class sizes
 ``n_i = int(n_max * (1/IF) ** (i / (C - 1)))``, then ``np.random.seed(0)`` and, class by class in index
-order, ``np.random.shuffle`` of that class's indices and the first ``n_i`` of them (reference.md section 2).
+order, ``np.random.shuffle`` of that class's indices and the first ``n_i`` of them (docs/conventions.md, "Recipes").
 The functions here reproduce that rule exactly, with a private ``RandomState`` so that the global NumPy RNG is
 left untouched (a legacy ``RandomState(seed)`` draws the same numbers as ``np.random.seed(seed)`` followed by
 the global calls; the tests check it). :func:`select_longtail_split` also takes a class-balanced validation set
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ltcl.config.schema import ImbalanceProfile
+from ltcl.errors import UserError
 
 PROFILES = get_args(ImbalanceProfile)  # the config's legal values: one list, in the schema
 SHOT_GROUPS = ("many", "medium", "few")  # names of the indices 0, 1, 2 that shot_groups returns
@@ -44,13 +45,13 @@ def longtail_counts(num_classes: int, max_count: int, imbalance_factor: float, p
             class would keep no image.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}.")
+        raise UserError(f"num_classes must be an integer >= 1, got {num_classes!r}.")
     if isinstance(max_count, bool) or not isinstance(max_count, (int, np.integer)) or max_count < 1:
-        raise ValueError(f"max_count must be an integer >= 1, got {max_count!r}.")
+        raise UserError(f"max_count must be an integer >= 1, got {max_count!r}.")
     if not np.isfinite(imbalance_factor) or imbalance_factor < 1:
-        raise ValueError(f"imbalance_factor must be a finite number >= 1, got {imbalance_factor!r}.")
+        raise UserError(f"imbalance_factor must be a finite number >= 1, got {imbalance_factor!r}.")
     if profile not in PROFILES:
-        raise ValueError(f"imbalance profile must be one of {', '.join(PROFILES)}, got {profile!r}.")
+        raise UserError(f"imbalance profile must be one of {', '.join(PROFILES)}, got {profile!r}.")
     ratio = 1.0 / float(imbalance_factor)  # LDAM passes 1/IF and multiplies: keep that rounding
     if num_classes == 1:
         counts = [int(max_count)]
@@ -60,7 +61,7 @@ def longtail_counts(num_classes: int, max_count: int, imbalance_factor: float, p
         head = num_classes // 2
         counts = [int(max_count)] * head + [int(max_count * ratio)] * (num_classes - head)
     if min(counts) < 1:
-        raise ValueError(
+        raise UserError(
             f"imbalance_factor {imbalance_factor} leaves a class with no image when max_count is "
             f"{max_count}; "
             f"expected imbalance_factor <= {max_count}."
@@ -87,7 +88,7 @@ def longtail_counts_by_size(
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     if sizes.ndim != 1 or not sizes.size or sizes.min() < 1:
-        raise ValueError(f"sizes must be a non-empty list of integers >= 1, got {sizes.tolist()}.")
+        raise UserError(f"sizes must be a non-empty list of integers >= 1, got {sizes.tolist()}.")
     targets = np.asarray(longtail_counts(len(sizes), int(sizes.max()), imbalance_factor, profile), dtype=np.int64)
     by_size = np.argsort(-sizes, kind="stable")  # largest first; stable: equal sizes keep class-index order
     counts = np.empty_like(sizes)
@@ -136,13 +137,13 @@ def select_longtail_split(
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
-        raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} and dtype {labels.dtype}.")
+        raise UserError(f"labels must be a 1-D integer array, got shape {labels.shape} and dtype {labels.dtype}.")
     if labels.size and (labels.min() < 0 or labels.max() >= len(counts)):
-        raise ValueError(f"labels must lie in [0, {len(counts)}) to match counts, got {labels.min()}..{labels.max()}.")
+        raise UserError(f"labels must lie in [0, {len(counts)}) to match counts, got {labels.min()}..{labels.max()}.")
     if any(int(n) < 0 for n in counts):
-        raise ValueError(f"counts must be non-negative, got {list(counts)}.")
+        raise UserError(f"counts must be non-negative, got {list(counts)}.")
     if isinstance(val_per_class, bool) or not isinstance(val_per_class, (int, np.integer)) or val_per_class < 0:
-        raise ValueError(f"val_per_class must be an integer >= 0, got {val_per_class!r}.")
+        raise UserError(f"val_per_class must be an integer >= 0, got {val_per_class!r}.")
     rng = np.random.RandomState(seed)
     # Stable sort keeps dataset order inside each class, exactly what np.where(labels == c) yields.
     order = np.argsort(labels, kind="stable")
@@ -169,7 +170,7 @@ def shot_groups(train_counts: Sequence[int] | torch.Tensor, many: int = 100, few
         (C,) int64 tensor: 0 many, 1 medium, 2 few.
     """
     if few > many:
-        raise ValueError(f"few threshold ({few}) must not exceed the many threshold ({many}).")
+        raise UserError(f"few threshold ({few}) must not exceed the many threshold ({many}).")
     counts = torch.as_tensor(train_counts, dtype=torch.long)
     groups = torch.ones_like(counts)
     groups[counts > many] = 0

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from ltcl.errors import UserError
+
 _SEED_MIX = 1_000_003  # keeps (seed, epoch) pairs apart in the generator seed
 
 
@@ -39,11 +41,11 @@ class EpochBatchSampler(Sampler):
 
     def __init__(self, num_items: int, global_batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1):
         if global_batch_size % world_size:
-            raise ValueError(
+            raise UserError(
                 f"data.batch_size {global_batch_size} must be divisible by the number of processes {world_size}."
             )
         if num_items < global_batch_size:
-            raise ValueError(
+            raise UserError(
                 f"The training set has {num_items} images, fewer than one batch (data.batch_size "
                 f"{global_batch_size}); lower data.batch_size."
             )

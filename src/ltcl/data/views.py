@@ -1,4 +1,4 @@
-"""The distribution-aware multi-view pipeline (reference.md section 1, paper Sec. 5 and Fig. 3).
+"""The distribution-aware multi-view pipeline (the paper's Sec. 5 and Fig. 3; docs/conventions.md).
 
 Every training image gets ``V`` augmented views; all of them feed the classification loss, and only the
 first ``k[y]`` views of an image of class ``y`` feed the contrastive loss (k = 2 / 3 / 4 for many / medium /
@@ -21,6 +21,7 @@ from ltcl.config import ViewsConfig
 from ltcl.config.schema import ContrastiveMode
 from ltcl.data.augment import build_train_transform, check_num_views, view_plan
 from ltcl.data.longtail import shot_groups
+from ltcl.errors import UserError
 
 
 class MultiViewTransform:
@@ -32,7 +33,7 @@ class MultiViewTransform:
 
     def __init__(self, transforms: Sequence[Callable[..., Tensor]]) -> None:
         if not transforms:
-            raise ValueError("MultiViewTransform needs at least one view transform.")
+            raise UserError("MultiViewTransform needs at least one view transform.")
         self.transforms = list(transforms)
 
     def __call__(self, image) -> list[Tensor]:
@@ -71,16 +72,16 @@ def contrastive_view_counts(
     counts = torch.as_tensor(train_counts, dtype=torch.long)
     if counts.ndim != 1 or counts.numel() == 0:
         shape = tuple(counts.shape)
-        raise ValueError(f"train_counts must be a non-empty 1-D list of per-class counts, got shape {shape}.")
+        raise UserError(f"train_counts must be a non-empty 1-D list of per-class counts, got shape {shape}.")
     mode = views_cfg.contrastive_mode
     if mode == "uniform":
         return torch.full_like(counts, num_views)
     if mode != "distribution_aware":
         known = ", ".join(get_args(ContrastiveMode))
-        raise ValueError(f"views.contrastive_mode must be one of {known}; got {mode!r}.")
+        raise UserError(f"views.contrastive_mode must be one of {known}; got {mode!r}.")
     per_group = list(views_cfg.contrastive_views)
     if len(per_group) != 3 or not all(k >= 1 for k in per_group):
-        raise ValueError(
+        raise UserError(
             f"views.contrastive_views must hold 3 view counts (many, medium, few), each at least 1; got {per_group}."
         )
     # "k of the V views": with fewer views (a 1-view baseline, say) every image offers what it has.

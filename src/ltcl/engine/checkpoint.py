@@ -1,6 +1,7 @@
 """Checkpoints: one schema, atomic writes, and contents that ``torch.load(weights_only=True)`` accepts.
 
-A checkpoint holds plain dicts, lists, numbers, strings and tensors only (reference.md, trap 6): the stateful
+A checkpoint holds plain dicts, lists, numbers, strings and tensors only, so that ``torch.load(weights_only=True)``
+reads it without unpickling code (a NumPy RNG state or a config object would need that): the stateful
 objects of :class:`~ltcl.engine.state.TrainState` under their own names (``STATEFUL``), its counters
 (``COUNTERS``), the random generator states as tensors, and the facts needed to use the model without the
 training data (``FACTS``: the config as a dict, the class counts and names). It is written to a temporary file in
@@ -20,14 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from ltcl.config import migrate_renamed_keys
 from ltcl.engine.rundir import RunDir
 from ltcl.engine.state import TrainState
+from ltcl.errors import UserError
 
-FORMAT_VERSION = 2
+# 3: named epoch statistics and method sections in the config. Format 2 (before the method registry) is read too:
+# its config keys and statistics are moved to their new names, and the objective's state by the method itself.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)
 STATEFUL = ("model", "objective", "optimizer", "scaler", "progress")  # objects with state_dict()
 COUNTERS = ("epoch", "batch", "global_step", "best")
 FACTS = ("config", "class_counts", "class_names")
-KEYS = ("format", *STATEFUL, *COUNTERS, "rng", *FACTS)
 
 
 class Checkpointer:
@@ -100,30 +105,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         inside = [name for name in (RunDir.LAST, RunDir.BEST) if (path / name).is_file()]
         hint = f"; it holds {' and '.join(inside)}" if inside else ""
-        raise ValueError(f"Checkpoint {path} is a directory, not a checkpoint file{hint}.")
+        raise UserError(f"Checkpoint {path} is a directory, not a checkpoint file{hint}.")
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
     with path.open("rb") as file:
         starts_like_zip = file.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
     if not zipfile.is_zipfile(path):
         what = "is truncated or damaged" if starts_like_zip else "is not a PyTorch checkpoint written by ltcl"
-        raise ValueError(f"Checkpoint {path} {what}, so it was not loaded.")
+        raise UserError(f"Checkpoint {path} {what}, so it was not loaded.")
     try:
         contents = torch.load(path, map_location="cpu", weights_only=True)
     except (zipfile.BadZipFile, EOFError, RuntimeError):
-        raise ValueError(f"Checkpoint {path} is truncated or damaged, so it was not loaded.") from None
+        raise UserError(f"Checkpoint {path} is truncated or damaged, so it was not loaded.") from None
     except Exception:  # weights_only refusals (pickled objects) and anything else: never retry unsafely
-        raise ValueError(
+        raise UserError(
             f"Checkpoint {path} holds objects other than tensors and plain values (it was not written "
             "by ltcl), so it was not loaded."
         ) from None
     if not isinstance(contents, dict) or "format" not in contents or "model" not in contents:
-        raise ValueError(f"Checkpoint {path} was not written by ltcl's trainer (no format marker).")
-    if contents["format"] != FORMAT_VERSION:
-        raise ValueError(
-            f"Checkpoint {path} has format {contents['format']}; this ltcl reads format "
-            f"{FORMAT_VERSION} (it was written by another version of ltcl)."
+        raise UserError(f"Checkpoint {path} was not written by ltcl's trainer (no format marker).")
+    if contents["format"] not in READABLE_FORMATS:
+        raise UserError(
+            f"Checkpoint {path} has format {contents['format']}; this ltcl reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))} (it was written by another version of ltcl)."
         )
+    if contents["format"] == 2:
+        contents["config"] = migrate_renamed_keys(contents["config"])
     return contents
 
 

@@ -5,36 +5,23 @@ The full resolved config goes to ``config.yaml``; the header names the few value
 
 from __future__ import annotations
 
-from ltcl.config import Config, LossConfig
+from ltcl.config import Config
 from ltcl.data.build import DataBundle
 from ltcl.data.longtail import ACCURACY_COLUMNS, SHOT_GROUPS, shot_groups
 from ltcl.engine.evaluate import format_cell
-from ltcl.engine.objective import uses_projections
 from ltcl.engine.recipe import ParameterCounts
+from ltcl.methods import Objective
 
 
 def _size(dataset) -> str:
     return "no" if dataset is None else f"{len(dataset):,}"
 
 
-def loss_weights(loss: LossConfig) -> str:
-    """The objective and the weights it actually reads (GPaCo ignores ``alpha``: it has its own three)."""
-    parts = [loss.objective]
-    if loss.cls_weight != 1.0:
-        parts.append(f"classification weight {loss.cls_weight}")
-    if loss.objective == "gpaco":
-        parts.append(f"gpaco alpha {loss.gpaco_alpha} beta {loss.gpaco_beta} gamma {loss.gpaco_gamma}")
-    elif uses_projections(loss.objective):
-        parts.append(f"alpha {loss.alpha}")
-    if uses_projections(loss.objective):
-        parts.append(f"tau {loss.temperature}")
-    return ", ".join(parts)
-
-
 def header(
     cfg: Config,
     data: DataBundle,
     params: ParameterCounts,
+    objective: Objective,
     *,
     run_dir: str,
     processes: str,
@@ -45,10 +32,12 @@ def header(
     counts = data.train_counts
     groups = shot_groups(counts, many=cfg.data.many_threshold, few=cfg.data.few_threshold)
     group_sizes = " / ".join(f"{name} {int((groups == g).sum())}" for g, name in enumerate(SHOT_GROUPS))
-    m, loss, o, v = cfg.model, cfg.loss, cfg.optim, cfg.views
-    contrasts = uses_projections(loss.objective)
+    m, o, v = cfg.model, cfg.optim, cfg.views
+    contrasts = objective.needs_projections
     head = f"projection {m.projection_hidden}-{m.projection_dim}" if contrasts else "no projection head"
-    views = f"{v.num_views} view(s) {list(v.sizes)[: v.num_views]} px, contrastive views {v.contrastive_mode}"
+    views = f"{v.num_views} view(s) {list(v.sizes)[: v.num_views]} px"
+    if contrasts:
+        views += f", contrastive views {v.contrastive_mode}"
     schedule = f"{o.schedule}, {o.warmup_epochs} warm-up epoch(s)"
     lines = [
         f"ltcl train: {cfg.name} -> {run_dir} (full config in config.yaml)",
@@ -56,7 +45,7 @@ def header(
         f"images, {data.num_classes} classes ({max(counts)} ... {min(counts)} per class; {group_sizes})",
         f"  model  {m.backbone}, {m.classifier} classifier, {head}; "
         f"{params.trainable:,} of {params.total:,} parameters train",
-        f"  loss   {loss_weights(loss)}; {views}",
+        f"  loss   {objective.describe()}; {views}",
         f"  optim  SGD lr {o.lr} ({schedule}), {o.epochs} epochs x {steps_per_epoch} steps, batch "
         f"{cfg.data.batch_size}, weight decay {o.weight_decay}",
         f"  run    seed {cfg.train.seed}, amp {amp[0]} ({amp[1]}), {processes}",
@@ -64,10 +53,10 @@ def header(
     return "\n".join(lines)
 
 
-def epoch_summary(row: dict, epochs: int) -> str:
-    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}", f"cls {row['loss_cls']:.4f}"]
-    if row.get("loss_con") is not None:
-        parts.append(f"con {row['loss_con']:.4f}")
+def epoch_summary(row: dict, epochs: int, stat_names: tuple[str, ...] = ()) -> str:
+    """One line per epoch: the loss and the objective's statistics (``stat_names``), speed, evaluation."""
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}"]
+    parts += [f"{name.removeprefix('loss_')} {row[name]:.4f}" for name in stat_names]
     parts += [
         f"train acc {row['train_acc']:.1f}%",
         f"lr {row['lr']:.4g}",

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ltcl.dist import is_initialized
+from ltcl.errors import UserError
 
 
 @dataclass
@@ -35,9 +36,9 @@ class DistributedContext:
 def pick_device(requested: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``; ``key`` names the setting in the error."""
     if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"{key} must be auto, cpu or cuda, got '{requested}'.")
+        raise UserError(f"{key} must be auto, cpu or cuda, got '{requested}'.")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{key} is 'cuda' but no CUDA device is available on this machine (use cpu or auto).")
+        raise UserError(f"{key} is 'cuda' but no CUDA device is available on this machine (use cpu or auto).")
     if requested == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     torch.cuda.set_device(local_rank)

@@ -21,8 +21,9 @@ from ltcl.engine.checkpoint import load_checkpoint, non_finite_tensors
 from ltcl.engine.distributed import pick_device
 from ltcl.engine.evaluate import EvalResult, autocast_context, evaluate_run
 from ltcl.engine.recipe import build_model, loader_options, model_views
-from ltcl.engine.resume import EVAL_MAY_CHANGE, checked_config, from_dict_values
+from ltcl.engine.resume import EVAL_MAY_CHANGE, checked_config, from_dict_values, resolved_values
 from ltcl.engine.runtime import resolve_amp
+from ltcl.errors import UserError
 from ltcl.losses.functional import log_prior
 
 
@@ -53,8 +54,8 @@ def load_trained_model(path: str | Path, overrides: Sequence[str] = (), device: 
         BrokenModel: the weights hold NaN or inf.
     """
     checkpoint = load_checkpoint(path)
-    saved = checkpoint["config"]
-    values = from_dict_values(saved, overrides)
+    values = from_dict_values(checkpoint["config"], overrides)  # loads the plugins (at their new place, if given)
+    saved = resolved_values(checkpoint["config"], with_plugins=False)
     checked_config(saved, values, EVAL_MAY_CHANGE, f"Evaluating {path} with these --set values")
     cfg = from_dict(values)
     resolved = pick_device(device, key="--device")
@@ -80,7 +81,7 @@ def evaluation_split(trained: TrainedModel, split: str):
     transform = build_test_transform(model_views(cfg))
     dataset = build_split(cfg.data, split, transform, class_names=trained.class_names)
     if dataset is None:
-        raise ValueError(
+        raise UserError(
             f"Dataset {cfg.data.dataset} has no '{split}' split here (set data.{split}_list, "
             f"data.val_per_class or a {split}/ folder, or use the other --split)."
         )
@@ -137,7 +138,7 @@ def predict_images(
         (path, top-k list, None) for a readable image; (path, None, reason) for one that cannot be read.
     """
     if top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {top_k}.")
+        raise UserError(f"--top-k must be at least 1, got {top_k}.")
     transform = build_test_transform(model_views(trained.cfg))
     size = batch_size or trained.cfg.data.eval_batch_size
     adjustment = logit_adjust_tau * log_prior(trained.class_counts, device=trained.device)

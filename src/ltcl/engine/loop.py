@@ -15,6 +15,7 @@ from ltcl.engine.evaluate import autocast_context
 from ltcl.engine.schedule import learning_rate
 from ltcl.engine.state import TrainState
 from ltcl.losses.functional import gradient_conflict_counts
+from ltcl.methods import LossOutput, Objective, StepRecord
 
 
 class MultiViewForward(nn.Module):
@@ -23,8 +24,8 @@ class MultiViewForward(nn.Module):
     Args:
         network: the model.
         run: the same model compiled (train.compile), or None.
-        heads: the objective's modules with parameters (BCL's prototype head), held here so that DDP averages
-            their gradients with the network's.
+        heads: the objective when it has parameters that train (BCL's prototype head), held here so that DDP
+            averages their gradients with the network's.
     """
 
     def __init__(self, network: nn.Module, run: nn.Module | None = None, heads: nn.Module | None = None) -> None:
@@ -37,26 +38,26 @@ class MultiViewForward(nn.Module):
         return [self.run(images, with_projection=with_projection) for images in groups]
 
 
-def multiview_objective(forward: nn.Module, objective: nn.Module, batch: MultiViewBatch, need_projections: bool):
-    """Forward of every view group and the training objective on the views stacked view-major.
-
-    Returns:
-        loss (scalar), its parts (dict), logits (V*B, C), labels (V*B,), projections (V*B, D) or None, and the
-        (V*B,) contrastive mask.
-    """
-    outputs = forward(batch.groups, need_projections)
-    logits = batch.reassemble([o.logits for o in outputs]).flatten(0, 1)
-    projections = None
-    if need_projections:
+def step_record(forward: nn.Module, model: nn.Module, objective: Objective, batch: MultiViewBatch) -> StepRecord:
+    """Forward of every view group, stacked view-major into the objective's :class:`StepRecord`."""
+    outputs = forward(batch.groups, objective.needs_projections)
+    projections = features = None
+    if objective.needs_projections:
         projections = batch.reassemble([o.projections for o in outputs]).flatten(0, 1)
-    labels = batch.labels.repeat(batch.num_views)
-    mask = batch.contrastive_mask.flatten()
-    classifier_weight = None
-    if getattr(objective, "prototype_head", None) is not None:
-        network = forward.module.network if hasattr(forward, "module") else forward.network  # DDP wraps it
-        classifier_weight = network.classifier.weight
-    loss, parts = objective(logits, labels, projections, mask, classifier_weight)
-    return loss, parts, logits, labels, projections, mask
+    if objective.needs_features:
+        features = batch.reassemble([o.features for o in outputs]).flatten(0, 1)
+    return StepRecord(
+        logits=batch.reassemble([o.logits for o in outputs]).flatten(0, 1),
+        labels=batch.labels.repeat(batch.num_views),
+        projections=projections,
+        contrastive_mask=batch.contrastive_mask.flatten(),
+        num_views=batch.num_views,
+        batch_size=batch.batch_size,
+        model=model,
+        features=features,
+        images=batch.groups,
+        group_views=batch.group_views,
+    )
 
 
 def training_step(state: TrainState, batch: MultiViewBatch) -> None:
@@ -68,41 +69,30 @@ def training_step(state: TrainState, batch: MultiViewBatch) -> None:
     lr = learning_rate(cfg.optim, state.global_step, state.steps_per_epoch)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    need_projections = state.objective.needs_projections
     with autocast_context(device, state.amp):
-        loss, parts, logits, labels, projections, mask = multiview_objective(
-            state.forward, state.objective, batch, need_projections
-        )
+        step = step_record(state.forward, state.model, state.objective, batch)
+        out: LossOutput = state.objective(step)
     state.optimizer.zero_grad(set_to_none=True)
     if state.scaler is not None:
-        state.scaler.scale(loss).backward()
+        state.scaler.scale(out.loss).backward()
         state.scaler.step(state.optimizer)
         state.scaler.update()
     else:
-        loss.backward()
+        out.loss.backward()
         state.optimizer.step()
 
     with torch.no_grad():
+        state.objective.after_step(step)
         b = batch.batch_size
-        correct = (logits[:b].argmax(1) == batch.labels).sum()
-        con = parts.get("con")
-        step_sums = torch.stack(
-            [
-                loss.detach().double() * b,
-                parts["cls"].double() * b,
-                (con.double() if con is not None else torch.zeros_like(correct, dtype=torch.float64)) * b,
-                correct.double(),
-            ]
-        )
-        sums = state.progress.sums
-        sums[:4] += step_sums
-        sums[4] += b
-        state.nonfinite.record(parts["cls"], con)
-        if cfg.train.monitor_conflicts and need_projections:  # opt-in analysis: its selection waits for the host
-            rows = mask.nonzero().squeeze(1)
+        correct = (step.logits[:b].argmax(1) == batch.labels).sum()
+        values = torch.stack([out.loss.detach().double(), *(out.parts[n].double() for n in state.objective.stat_names)])
+        state.progress.add_step(values, correct, b)
+        state.nonfinite.record(values)
+        if cfg.train.monitor_conflicts and step.projections is not None:  # opt-in analysis of SCL's gradient
+            features, labels = step.contrastive_rows
             c, p = gradient_conflict_counts(
-                projections.index_select(0, rows).detach().float(),
-                labels.index_select(0, rows),
+                features.detach().float(),
+                labels,
                 temperature=cfg.loss.temperature,
                 num_classes=state.progress.conflicts.shape[1],
             )

@@ -20,7 +20,7 @@ from ltcl.engine.interrupts import Interrupted, InterruptGuard, signal_for_tests
 from ltcl.engine.schedule import learning_rate
 from ltcl.engine.state import TrainState
 
-PARTS = ("classification", "contrastive")
+READABLE = {"loss": "loss", "loss_cls": "classification loss", "loss_con": "contrastive loss"}
 
 
 class NonFiniteLoss(Exception):
@@ -95,13 +95,14 @@ class StepMonitor:
         BatchNorm statistics can overflow with finite weights)."""
         state = self.state
         flag = state.nonfinite
-        values = torch.cat([state.progress.sums[[0, 4]], flag.first_step.double()[None], flag.parts.double()])
+        progress = state.progress.sums
+        values = torch.cat([progress[[0, -1]], flag.first_step.double()[None], flag.parts.double()])
         if state.ctx.enabled:  # every process stops at the same point, whichever saw the non-finite loss
             values = torch.cat([values, all_reduce_sum((flag.first_step > 0).double()[None])])
         loss_sum, images, first_bad, *parts = values.tolist()
         if first_bad:
-            raise NonFiniteLoss(self._nonfinite_message(int(first_bad), parts[:2]))
-        if state.ctx.enabled and parts[2]:
+            raise NonFiniteLoss(self._nonfinite_message(int(first_bad), parts[: flag.parts.numel()]))
+        if state.ctx.enabled and parts[-1]:
             raise NonFiniteLoss(
                 f"A loss became non-finite on another process by global step {state.global_step}; "
                 "that process names the step, and the run stopped without saving."
@@ -132,9 +133,12 @@ class StepMonitor:
         state = self.state
         epoch, batch = (step - 1) // state.steps_per_epoch + 1, (step - 1) % state.steps_per_epoch + 1
         lr = learning_rate(state.cfg.optim, step - 1, state.steps_per_epoch)
-        which = " and ".join(f"{name} ({state.cfg.loss.objective})" for name, bad in zip(PARTS, parts) if bad)
+        names = ("loss", *state.objective.stat_names)
+        bad = [READABLE.get(name, name) for name, flag in zip(names, parts) if flag]
+        which = " and ".join(bad[1:] if len(bad) > 1 else bad)  # the parts that failed, or the total alone
         return (
-            f"The {which} loss became non-finite at epoch {epoch}, step {batch} (global step {step}, learning "
+            f"The {which} ({state.cfg.loss.objective}) became non-finite at epoch {epoch}, step {batch} (global "
+            f"step {step}, learning "
             f"rate {lr:.4g}); the run stopped without saving, and checkpoint_last.pt (if any) is the last good "
             "state. Hint: lower optim.lr, use optim.warmup_epochs, or try train.amp=none."
         )

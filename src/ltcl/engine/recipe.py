@@ -22,9 +22,9 @@ from ltcl.data.sampling import EpochBatchSampler, SeededDataset, ShardSampler
 from ltcl.data.views import MultiViewCollate
 from ltcl.engine.distributed import DistributedContext
 from ltcl.engine.loop import MultiViewForward
-from ltcl.engine.objective import Objective, uses_projections
 from ltcl.engine.runtime import resolve_amp
 from ltcl.engine.state import EpochProgress, NonFiniteFlag, TrainState
+from ltcl.methods import build_objective, uses_projections
 from ltcl.models import ParameterCounts, apply_finetune, build_network, input_spec
 
 
@@ -49,7 +49,7 @@ def build_model(
         The model and its trainable / total parameter counts (elements).
     """
     model_cfg = cfg.model
-    if not uses_projections(cfg.loss.objective):
+    if not uses_projections(cfg):
         model_cfg = replace(model_cfg, projection_dim=0)  # no contrastive term: no head (DDP needs every param used)
     if not load_weights:
         model_cfg = replace(model_cfg, weights="", pretrained=False, zero_shot_head=False)
@@ -116,24 +116,26 @@ def loader_options(cfg: Config, device: torch.device) -> dict:
     return options
 
 
-def eval_loader(cfg: Config, dataset, ctx: DistributedContext):
-    """Batches of ``(images, labels)`` of one evaluation split, this process's shard only (None for no split)."""
+def eval_loader(cfg: Config, views: ViewsConfig, dataset, ctx: DistributedContext):
+    """Batches of ``(images, labels)`` of one evaluation split, this process's shard only (None for no split).
+
+    Args:
+        views: the run's views with the model's sizes filled in (:func:`model_views`, resolved once per run).
+    """
     if dataset is None:
         return None
-    views = model_views(cfg)
     if cfg.data.augment_on == "device" and device_eval_supported(views, dataset):
         return DeviceEvalBatches(views, dataset, ctx.device, cfg.data.eval_batch_size, ctx.rank, ctx.world_size)
     shard = ShardSampler(len(dataset), ctx.rank, ctx.world_size)
     return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, sampler=shard, **loader_options(cfg, ctx.device))
 
 
-def train_loader(cfg: Config, data: DataBundle, ctx: DistributedContext):
+def train_loader(cfg: Config, views: ViewsConfig, data: DataBundle, ctx: DistributedContext):
     """The batch sampler (its ``set_epoch`` picks the epoch and first batch) and the training loader."""
     sampler = EpochBatchSampler(
         len(data.train), cfg.data.batch_size, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size
     )
     if cfg.data.augment_on == "device":
-        views = model_views(cfg)
         return sampler, DeviceViewLoader(views, cfg.train.seed, data.train, sampler, data.view_counts, ctx.device)
     loader = DataLoader(
         SeededDataset(data.train),
@@ -159,25 +161,19 @@ def build_train_state(
     model, params = build_model(
         cfg, data.num_classes, ctx.device, load_weights=load_weights, sync_bn=cfg.model.sync_bn and ctx.enabled
     )
-    objective = Objective(
-        cfg.loss,
-        data.train_counts,
-        projection_dim=cfg.model.projection_dim,
-        feature_dim=model.feature_dim,
-        hidden_dim=cfg.model.projection_hidden,
-        epochs=cfg.optim.epochs,
-        gather_distributed=ctx.enabled,
+    objective = build_objective(
+        cfg, data.train_counts, feature_dim=model.feature_dim, gather_distributed=ctx.enabled
     ).to(ctx.device)
-    heads = objective.trainable_heads()
-    optimizer = build_optimizer(cfg, [p for p in [*model.parameters(), *heads.parameters()] if p.requires_grad])
+    own = [p for p in objective.parameters() if p.requires_grad]  # trainable parts of the method (BCL's head)
+    optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad] + own)
     run = torch.compile(model) if cfg.train.compile else model
-    forward: nn.Module = MultiViewForward(model, run, heads)
+    forward: nn.Module = MultiViewForward(model, run, objective if own else None)
     if ctx.enabled:
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
     scaler = torch.amp.GradScaler("cuda") if amp[0] == "fp16" else None
-    progress = EpochProgress.empty(data.num_classes, ctx.device)
+    progress = EpochProgress.empty(objective.stat_names, data.num_classes, ctx.device)
     state = TrainState(cfg, ctx, model, forward, objective, optimizer, scaler, progress, amp[0], steps_per_epoch)
-    state.nonfinite = NonFiniteFlag.create(0, ctx.device)
+    state.nonfinite = NonFiniteFlag.create(1 + len(objective.stat_names), ctx.device)
     return state, params, amp

@@ -103,19 +103,22 @@ def final_report(
             "timing": timing,
         }
         run_dir.write_results(results)
-        run_dir.write_report(report_text(cfg, data, rows, test, results["code_revision"]))
+        run_dir.write_report(report_text(cfg, data, rows, test, results["code_revision"], state.objective.describe()))
     return test, best_val, best_epoch
 
 
-def report_text(cfg, data: DataBundle, rows: dict[str, EvalResult], test: EvalResult | None, revision: str) -> str:
-    """report.md: the facts that define the run, the final table and the per-class test accuracy."""
+def report_text(
+    cfg, data: DataBundle, rows: dict[str, EvalResult], test: EvalResult | None, revision: str, objective: str
+) -> str:
+    """report.md: the facts that define the run (``objective``: what the header says of it), the final table and
+    the per-class test accuracy."""
     counts = data.train_counts
     lines = [
         f"# {cfg.name}",
         "",
         f"- dataset: {cfg.data.dataset}, {data.num_classes} classes, {sum(counts):,} training images "
         f"(imbalance {max(counts) / min(counts):.0f})",
-        f"- objective: {cfg.loss.objective} (alpha {cfg.loss.alpha}, tau {cfg.loss.temperature}), "
+        f"- objective: {objective}, "
         f"{cfg.views.num_views} views ({cfg.views.contrastive_mode}), backbone {cfg.model.backbone}",
         f"- schedule: {cfg.optim.epochs} epochs, batch {cfg.data.batch_size}, lr {cfg.optim.lr} ({cfg.optim.schedule})",
         f"- seed {cfg.train.seed}, code {revision}; full config in `config.yaml`",

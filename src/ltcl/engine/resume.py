@@ -20,6 +20,8 @@ from typing import Any
 from ltcl.config import Config, apply_override, changed_keys, describe_changes, from_dict, load_config, to_dict
 from ltcl.engine.checkpoint import load_checkpoint
 from ltcl.engine.rundir import RunDir
+from ltcl.errors import UserError
+from ltcl.methods import resolve_config
 
 # Keys that change how a run executes or where its files are, never what it computes.
 EXECUTION_KEYS = frozenset({
@@ -30,7 +32,7 @@ EXECUTION_KEYS = frozenset({
 # Where things live. The data paths may move only to data with identical class counts (checked once it is read);
 # the weights are in the checkpoint; the run directory is the checkpoint's own folder.
 LOCATION_KEYS = frozenset({
-    "data.root", "data.train_list", "data.val_list", "data.test_list", "model.weights", "name",
+    "data.root", "data.train_list", "data.val_list", "data.test_list", "model.weights", "name", "plugins",
     "train.output_dir", "train.run_name",
 })  # fmt: skip
 RESUME_MAY_CHANGE = EXECUTION_KEYS | LOCATION_KEYS
@@ -61,7 +63,7 @@ def checked_config(
     changes = changed_keys(saved, new)
     refused = {k: v for k, v in changes.items() if k not in allowed}
     if refused:
-        raise ValueError(
+        raise UserError(
             f"{what} would change {describe_changes(refused)}; a checkpoint continues or evaluates "
             f"the run it was saved from, so these keys must keep their saved values{hint}."
         )
@@ -84,16 +86,16 @@ def plan_resume(
     """
     path = Path(path)
     checkpoint = load_checkpoint(path)
-    saved = checkpoint["config"]
     if config is not None:
-        new = to_dict(load_config(config, overrides))
+        new = to_dict(resolve_config(load_config(config, overrides)))
     else:
-        new = from_dict_values(saved, overrides)
+        new = from_dict_values(checkpoint["config"], overrides)
+    saved = resolved_values(checkpoint["config"], with_plugins=False)  # the new plugin places are loaded
     extended = None
     if extend_epochs is not None:
         old_epochs = saved["optim"]["epochs"]
         if extend_epochs <= old_epochs:
-            raise ValueError(f"--extend-epochs {extend_epochs} does not extend the run's {old_epochs} epochs.")
+            raise UserError(f"--extend-epochs {extend_epochs} does not extend the run's {old_epochs} epochs.")
         new["optim"]["epochs"] = extend_epochs
         saved = {**saved, "optim": {**saved["optim"], "epochs": extend_epochs}}
         extended = [old_epochs, extend_epochs]
@@ -115,9 +117,15 @@ def plan_resume(
     return ResumePlan(cfg, checkpoint, path, run_dir, record)
 
 
+def resolved_values(values: dict[str, Any], *, with_plugins: bool = True) -> dict[str, Any]:
+    """A config dict as the run used it: every key present, the method's section complete (its plugins loaded,
+    unless ``with_plugins`` is False)."""
+    return to_dict(resolve_config(from_dict(values), with_plugins=with_plugins))
+
+
 def from_dict_values(saved: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A deep copy of a saved config dict with ``--set`` overrides applied (type-checked)."""
+    """A deep copy of a saved config dict with ``--set`` overrides applied (type-checked and resolved)."""
     values = to_dict(from_dict(saved))
     for text in overrides:
         apply_override(values, text)
-    return to_dict(from_dict(values))
+    return resolved_values(values)

@@ -1,6 +1,6 @@
 """The run directory: the one place that knows its file names, writes them and reads them back.
 
-Layout (design.md)::
+Layout::
 
     <train.output_dir>/<train.run_name>/
         config.yaml          resolved config with the run facts (seed, code revision, world size, command); written
@@ -9,6 +9,7 @@ Layout (design.md)::
         metrics.csv          one row per epoch
         conflicts.csv        per-class SCL conflict ratios per epoch (train.monitor_conflicts)
         resumes.jsonl        one record per resume: when, from which step, which allowed keys changed
+        plugins/             a copy of each plugin file the run loaded (its config names the originals)
         events.out.tfevents.*
         checkpoint_last.pt, checkpoint_best.pt
         results.json, report.md, *.png
@@ -21,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,19 @@ import yaml
 
 from ltcl.config import Config, save_config
 from ltcl.data.longtail import ACCURACY_COLUMNS
+from ltcl.errors import UserError
 
-METRIC_COLUMNS = [
-    "epoch", "step", "lr", "loss", "loss_cls", "loss_con", "train_acc", "images_per_s", "epoch_seconds",
-    "eval_split", *ACCURACY_COLUMNS,
-]  # fmt: skip
+# metrics.csv: these columns, with the objective's own statistics (loss_cls, loss_con, ...) between the two groups
+METRIC_HEAD = ["epoch", "step", "lr", "loss"]
+METRIC_TAIL = ["train_acc", "images_per_s", "epoch_seconds", "eval_split", *ACCURACY_COLUMNS]
+
+
+def metric_columns(row: dict[str, Any]) -> list[str]:
+    """The metrics.csv columns of a run whose rows look like ``row``."""
+    fixed = set(METRIC_HEAD) | set(METRIC_TAIL)
+    return METRIC_HEAD + [k for k in row if k not in fixed] + METRIC_TAIL
+
+
 CONFLICT_COLUMNS = ["epoch", "class", "train_count", "conflicting_pairs", "positive_pairs", "ratio"]
 
 
@@ -50,6 +60,7 @@ class RunDir:
     RESUMES = "resumes.jsonl"
     RESULTS = "results.json"
     REPORT = "report.md"
+    PLUGINS = "plugins"
     LAST = "checkpoint_last.pt"
     BEST = "checkpoint_best.pt"
 
@@ -93,6 +104,12 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.path / self.CONFIG, extra=facts)
 
+    def record_plugins(self, paths: list[str]) -> None:
+        """A copy of each plugin file in ``plugins/``: what the run's own methods were, even if the file changes."""
+        for path in paths:
+            (self.path / self.PLUGINS).mkdir(exist_ok=True)
+            shutil.copyfile(path, self.path / self.PLUGINS / Path(path).name)
+
     def write_class_counts(self, counts: list[int], names: list[str], view_counts: list[int]) -> None:
         document = {"class_counts": counts, "class_names": names, "contrastive_views": view_counts}
         (self.path / self.CLASS_COUNTS).write_text(json.dumps(document, indent=1))
@@ -115,7 +132,10 @@ class RunDir:
             (self.path / name).unlink(missing_ok=True)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        self._append_csv(self.METRICS, METRIC_COLUMNS, [[_cell(row.get(k)) for k in METRIC_COLUMNS]])
+        """Adds an epoch's row; the columns are those of the file's header once it exists."""
+        existing = self._read_csv(self.METRICS)
+        columns = list(existing[0]) if existing else metric_columns(row)
+        self._append_csv(self.METRICS, columns, [[_cell(row.get(k)) for k in columns]])
 
     def append_conflicts(self, epoch: int, conflicts: list[int], pairs: list[int], counts: list[int]) -> None:
         """Per-class SCL conflict counts of one epoch (Fig. 4a)."""
@@ -164,7 +184,7 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, str]]:
         rows = self._read_csv(self.METRICS)
         if not rows:
-            raise ValueError(f"{self.path / self.METRICS} holds no epoch rows.")
+            raise UserError(f"{self.path / self.METRICS} holds no epoch rows.")
         return rows
 
     def read_conflicts(self) -> list[dict[str, str]]:
@@ -176,7 +196,7 @@ class RunDir:
                 "record conflict ratios."
             )
         if not rows:
-            raise ValueError(f"{self.path / self.CONFLICTS} holds no rows; the run recorded no epoch.")
+            raise UserError(f"{self.path / self.CONFLICTS} holds no rows; the run recorded no epoch.")
         return rows
 
     def read_resumes(self) -> list[dict[str, Any]]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ltcl.errors import UserError
+
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
@@ -60,7 +62,7 @@ def resolve_amp(requested: str, device: torch.device) -> tuple[str, str]:
         ValueError: fp16 without CUDA (the gradient scaler needs it).
     """
     if requested == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp 'fp16' needs a CUDA device; use 'bf16', 'auto' or 'none' on the CPU.")
+        raise UserError("train.amp 'fp16' needs a CUDA device; use 'bf16', 'auto' or 'none' on the CPU.")
     if requested != "auto":
         return requested, "as configured"
     if device.type == "cuda":

@@ -6,26 +6,8 @@ Being a function of the step alone, the schedule's whole state is the step numbe
 from __future__ import annotations
 
 import math
-from typing import get_args
 
 from ltcl.config import OptimConfig
-from ltcl.config.schema import Schedule
-
-SCHEDULES = get_args(Schedule)
-
-
-def check_schedule(optim: OptimConfig) -> None:
-    """Rejects a schedule that cannot run, naming the key."""
-    if optim.schedule not in SCHEDULES:
-        raise ValueError(f"optim.schedule must be step or cosine, got '{optim.schedule}'.")
-    if optim.epochs < 1:
-        raise ValueError(f"optim.epochs must be at least 1, got {optim.epochs}.")
-    if not 0 <= optim.warmup_epochs <= optim.epochs:
-        raise ValueError(f"optim.warmup_epochs must be between 0 and optim.epochs, got {optim.warmup_epochs}.")
-    if optim.lr <= 0:
-        raise ValueError(f"optim.lr must be positive, got {optim.lr}.")
-    if sorted(optim.milestones) != list(optim.milestones):
-        raise ValueError(f"optim.milestones must be increasing, got {optim.milestones}.")
 
 
 def learning_rate(optim: OptimConfig, step: int, steps_per_epoch: int) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ltcl import __version__
-from ltcl.config import Config, to_dict
+from ltcl.config import Config, to_dict, validate
 from ltcl.data.build import DataBundle, build_data
 from ltcl.data.datasets import resolve_data_paths
 from ltcl.dist import all_reduce_sum, barrier
@@ -29,15 +29,18 @@ from ltcl.engine.evaluate import EvalResult, evaluate_run
 from ltcl.engine.interrupts import InterruptGuard
 from ltcl.engine.loop import train_one_epoch
 from ltcl.engine.monitor import StepMonitor, show_progress_bar
-from ltcl.engine.objective import parse_objective
 from ltcl.engine.recipe import build_train_state, eval_loader, loader_workers, model_views, train_loader
 from ltcl.engine.report import code_revision, final_report
 from ltcl.engine.resume import ResumePlan
 from ltcl.engine.rundir import RunDir
 from ltcl.engine.runtime import keep_freed_memory
-from ltcl.engine.schedule import check_schedule, learning_rate
-from ltcl.engine.state import EpochProgress, NonFiniteFlag, TrainState
+from ltcl.engine.schedule import learning_rate
+from ltcl.engine.state import EpochProgress, TrainState
 from ltcl.engine.tensorboard import TensorBoardLog
+from ltcl.errors import UserError
+from ltcl.methods import method_parts, resolve_config
+from ltcl.models import backbone_family
+from ltcl.plugins import defining_file
 
 
 @dataclass
@@ -48,17 +51,6 @@ class TrainResult:
     best_epoch: int | None = None
     history: list[dict] = field(default_factory=list)
     already_finished: bool = False
-
-
-def check_config(cfg: Config) -> None:
-    """Rejects settings that cannot run, before any data is read (types and choices: the config loader)."""
-    parse_objective(cfg.loss.objective)
-    check_schedule(cfg.optim)
-    if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:
-        raise ValueError("data.batch_size and data.eval_batch_size must be at least 1.")
-    for key in ("eval_every", "sync_every"):
-        if getattr(cfg.train, key) < 1:
-            raise ValueError(f"train.{key} must be at least 1, got {getattr(cfg.train, key)}.")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -84,7 +76,8 @@ def train(cfg: Config, *, resume: ResumePlan | None = None) -> TrainResult:
         ltcl.engine.interrupts.Interrupted: SIGINT or SIGTERM, after saving checkpoint_last.pt.
         ltcl.engine.monitor.NonFiniteLoss: a loss became NaN or inf (nothing was saved after it).
     """
-    check_config(cfg)
+    validate(cfg)  # a config built in Python gets the loader's checks too
+    cfg = resolve_config(cfg)  # the method's section typed and completed: the saved config holds every value
     ctx = init_distributed(cfg.train.device)
     if ctx.device.type == "cpu":
         keep_freed_memory()
@@ -101,7 +94,7 @@ def _run_directory(cfg: Config, resume: ResumePlan | None) -> RunDir:
         return resume.run_dir
     run_dir = RunDir.of(cfg)
     if run_dir.holds_run():
-        raise ValueError(
+        raise UserError(
             f"Run directory {run_dir} already holds a run; continue it with --resume "
             f"{run_dir.last_checkpoint} or pick another train.run_name."
         )
@@ -124,12 +117,32 @@ def with_absolute_paths(cfg: Config) -> Config:
     """The config with its data and weights paths absolute, so that the saved config and checkpoints work from any
     working directory."""
     weights = str(Path(cfg.model.weights).expanduser().resolve()) if cfg.model.weights else ""
-    return replace(cfg, data=resolve_data_paths(cfg.data), model=replace(cfg.model, weights=weights))
+    plugins = [str(Path(p).expanduser().resolve()) for p in cfg.plugins]
+    return replace(cfg, plugins=plugins, data=resolve_data_paths(cfg.data), model=replace(cfg.model, weights=weights))
+
+
+def with_recorded_plugins(cfg: Config) -> tuple[Config, list[str]]:
+    """``cfg`` with the files of user-defined methods and backbones in ``plugins`` (a method imported in Python
+    rather than named with --plugin is recorded too, so that a resume or ``ltcl eval`` finds it), and notes for
+    definitions that cannot be recorded (the running script itself)."""
+    plugins, notes = list(cfg.plugins), []
+    owners = [*method_parts(cfg.loss.objective), backbone_family(cfg.model.backbone).build]
+    for owner in owners:
+        path = defining_file(owner)
+        if path == "__main__":
+            notes.append(
+                f"{getattr(owner, '__name__', owner)} is defined in the running script, so the run cannot record it: "
+                "a resume or ltcl eval will not find it (put it in a plugin file and pass --plugin)"
+            )
+        elif path is not None and path not in plugins:
+            plugins.append(path)
+    return replace(cfg, plugins=plugins), notes
 
 
 def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> TrainResult:
     started = time.perf_counter()
     cfg = with_absolute_paths(cfg)
+    cfg, plugin_notes = with_recorded_plugins(cfg)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     run_dir = _run_directory(cfg, resume)
     if resume is not None and resume.finished and run_dir.is_finished():
@@ -141,18 +154,19 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> T
         return TrainResult(run_dir.path, None, already_finished=True)
 
     # Data
-    data = build_data(cfg, views=model_views(cfg))
+    views = model_views(cfg)
+    data = build_data(cfg, views=views)
     if resume is not None and list(resume.checkpoint["class_counts"]) != list(data.train_counts):
-        raise ValueError(
+        raise UserError(
             f"The data of this resume has other class counts than the checkpoint {resume.checkpoint_path} "
             "was trained on: check data.root and the split lists."
         )
-    sampler, loader = train_loader(cfg, data, ctx)
-    val_loader, test_loader = eval_loader(cfg, data.val, ctx), eval_loader(cfg, data.test, ctx)
+    sampler, loader = train_loader(cfg, views, data, ctx)
+    val_loader, test_loader = eval_loader(cfg, views, data.val, ctx), eval_loader(cfg, views, data.test, ctx)
     state, params, amp = build_train_state(cfg, data, ctx, load_weights=resume is None)
     if resume is not None:
         ckpt.restore(state, resume.checkpoint)
-    state.nonfinite = NonFiniteFlag.create(state.global_step, ctx.device)
+        state.nonfinite.start_at(state.global_step)
     facts = {"config": to_dict(cfg), "class_counts": list(data.train_counts), "class_names": list(data.class_names)}
     checkpointer = ckpt.Checkpointer(run_dir, facts, is_main=ctx.is_main)
 
@@ -161,6 +175,7 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> T
         if resume is None:
             facts = _run_facts(cfg, ctx) | {"parameters": {"trainable": params.trainable, "total": params.total}}
             run_dir.write_config(cfg, facts)
+            run_dir.record_plugins(cfg.plugins)
             run_dir.remove_epoch_records()
         else:
             run_dir.truncate_after(state.epoch)
@@ -170,8 +185,19 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> T
         feeding = "views augmented on the device" if cfg.data.augment_on == "device" else f"{workers} loader worker(s)"
         processes = f"{ctx.world_size} process(es) on {ctx.device}, {feeding}"
         steps = state.steps_per_epoch
-        print(header(cfg, data, params, run_dir=str(run_dir), processes=processes, amp=amp, steps_per_epoch=steps))
-        for line in ([note] if note else []) + data_notes(data):
+        print(
+            header(
+                cfg,
+                data,
+                params,
+                state.objective,
+                run_dir=str(run_dir),
+                processes=processes,
+                amp=amp,
+                steps_per_epoch=steps,
+            )
+        )
+        for line in ([note] if note else []) + plugin_notes + data_notes(data):
             print(f"note: {line}")
         if resume is not None:
             print(
@@ -216,7 +242,7 @@ def _epochs(
             monitor.sync(weights=True)  # a non-finite loss or weight stops the run here, before any evaluation or save
             row, conflicts = _epoch_row(state)
             state.epoch, state.batch = state.epoch + 1, 0
-            state.progress = EpochProgress.empty(data.num_classes, ctx.device)
+            state.progress = EpochProgress.empty(state.objective.stat_names, data.num_classes, ctx.device)
             if state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.optim.epochs:
                 split, eval_loader_ = ("val", val_loader) if val_loader is not None else ("test", test_loader)
                 result = evaluate_run(cfg, state.model, eval_loader_, data.train_counts, ctx.device, state.amp)
@@ -231,7 +257,7 @@ def _epochs(
                 board.log_epoch(row)
                 if conflicts is not None:
                     run_dir.append_conflicts(row["epoch"], *conflicts.tolist(), data.train_counts)
-                print(epoch_summary(row, cfg.optim.epochs))
+                print(epoch_summary(row, cfg.optim.epochs, state.objective.stat_names))
             history.append(row)
             if guard.requested:  # a signal during evaluation: the epoch is saved, stop before the next one
                 raise monitor.interrupted()
@@ -242,17 +268,14 @@ def _epochs(
 def _epoch_row(state: TrainState) -> tuple[dict, torch.Tensor | None]:
     """The metrics row of the epoch just trained and its (2, C) conflict counts (or None), over all processes."""
     progress = state.progress
-    sums = all_reduce_sum(progress.sums.clone()).tolist()
-    seen = sums[4] or 1.0
+    means = progress.means(all_reduce_sum(progress.sums.clone()).tolist())
     row = {
         "epoch": state.epoch + 1,
         "step": state.global_step,
         "lr": learning_rate(state.cfg.optim, state.global_step - 1, state.steps_per_epoch),
-        "loss": sums[0] / seen,
-        "loss_cls": sums[1] / seen,
-        "loss_con": sums[2] / seen if state.objective.contrastive is not None else None,
-        "train_acc": 100.0 * sums[3] / seen,
-        "images_per_s": sums[4] / max(progress.seconds, 1e-9),
+        **{name: means[name] for name in ("loss", *state.objective.stat_names)},
+        "train_acc": 100.0 * means["correct"],
+        "images_per_s": means["images"] / max(progress.seconds, 1e-9),
         "epoch_seconds": progress.seconds,
     }
     conflicts = None

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltcl.config.schema import NegativeWeighting
 from ltcl.dist import gather_rows, global_mean
 from ltcl.losses import functional as LF
 from ltcl.losses.aligned_function import aligned_contrastive_terms
 
-NEGATIVE_WEIGHTINGS = get_args(NegativeWeighting)
+# How a negative of class j is weighted: inverse_frequency, w_j of :func:`inverse_frequency_weights`; none, 1.
+NEGATIVE_WEIGHTINGS = ("inverse_frequency", "none")
 
 
 def inverse_frequency_weights(class_counts: Sequence[int] | Tensor) -> Tensor:
     """(C,) float32 ``w_j = (sum_k N_k / C) / N_j``: inversely proportional to the class frequency and averaging
-    to 1 over the training images (reference.md section 1; the paper leaves the constant open)."""
+    to 1 over the training images. The paper says only "inversely proportional to the class frequency"; this
+    constant keeps the weighted negatives on the scale of unweighted ones."""
     counts = LF.check_class_counts(class_counts)
     return ((counts.sum() / counts.numel()) / counts).to(torch.float32)
 
@@ -30,7 +30,7 @@ class AlignedContrastiveLoss(nn.Module):
     Each positive gets a denominator that holds only itself and the weighted negatives, so every positive is
     attracted (Eq. 11). The anchor's class centre is one more positive; the other centres are negatives.
 
-    Centres (reference.md section 1) live in the ``centers`` buffer and travel with ``state_dict``. A centre that was
+    Centres live in the ``centers`` buffer and travel with ``state_dict``. A centre that was
     never set is initialised from the mean of its class in the first batch that holds the class, before that batch's
     loss is computed. After each training-mode forward every class present in the (global) batch is updated,
     ``c_j <- normalize(m * c_j + (1 - m) * mean_j)`` with the detached features; absent classes keep their centre.

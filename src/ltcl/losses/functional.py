@@ -1,6 +1,6 @@
 """The paper's losses as pure functions on tensors (no state, no distributed code).
 
-Notation (reference.md section 1): ``z_i`` an L2-normalised projection, one row per view; ``s_ik = z_i . z_k / tau``;
+Notation (docs/conventions.md, "Notation and the losses"): ``z_i`` an L2-normalised projection, one row per view; ``s_ik = z_i . z_k / tau``;
 ``y_i`` its label; ``C`` the number of classes. Every function computes in at least float32, also when its inputs
 are bf16/fp16 under autocast, and never loops over samples in Python.
 """

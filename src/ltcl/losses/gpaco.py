@@ -27,7 +27,8 @@ papers differ, and what is followed here:
   as extra contrast rows. No queue here: the contrast set is the batch, or the global batch with ``gather_distributed``
   (with gradient, which the code's no-gradient ``concat_all_gather`` of the queue never had).
 - ``temperature / base_temperature`` rescaling: ``base_temperature`` defaults to ``temperature`` and no script sets
-  it, so the factor is 1 and is left out. ``supt`` is kept as ``logit_temperature`` (1.0 in every script).
+  it, so the factor is 1 and is left out. ``supt``, which divides the centre logits, is 1.0 in every script and is
+  left out too.
 - ``log(pi_j + 1e-9)`` in the code; the exact ``log pi_j`` here (counts are validated positive).
 - Label smoothing of the centre positive (``smooth``, 0 by default, set by no script): not implemented.
 - An anchor whose positive weights sum to 0 (beta = 0 and no sample positive) gives 0/0 = NaN in the code; here it
@@ -54,28 +55,26 @@ from ltcl.losses.validation import (
 )
 
 
-def _check_weights(alpha: float, beta: float, gamma: float, temperature: float, logit_temperature: float) -> None:
+def _check_weights(alpha: float, beta: float, gamma: float, temperature: float) -> None:
     for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
     if alpha == 0 and beta == 0:
         raise ValueError("alpha and beta must not both be 0 (no anchor would have a positive term).")
-    for name, value in (("temperature", temperature), ("logit_temperature", logit_temperature)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}.")
 
 
 @dataclass(frozen=True)
 class GPaCoWeights:
     """GPaCo's weights: ``alpha`` of the sample positives, ``beta`` of the own-centre positive, ``gamma`` of the
-    sample terms in the denominator, the temperature of the sample similarities and ``logit_temperature`` (the
-    code's ``supt``) dividing the centre logits. The defaults are the authors' CIFAR-100-LT values."""
+    sample terms in the denominator and the temperature of the sample similarities. The defaults are the authors'
+    CIFAR-100-LT values."""
 
     alpha: float = 0.01
     beta: float = 1.0
     gamma: float = 1.0
     temperature: float = 0.05
-    logit_temperature: float = 1.0
 
 
 def gpaco_per_anchor(
@@ -101,12 +100,12 @@ def gpaco_per_anchor(
     """
     start, stop = anchor_rows(anchors, features.shape[0])
     alpha, beta, gamma = weights.alpha, weights.beta, weights.gamma
-    temperature, logit_temperature = weights.temperature, weights.logit_temperature
+    temperature = weights.temperature
     dtype = torch.promote_types(compute_dtype(features), compute_dtype(logits))
     with torch.autocast(device_type=features.device.type, enabled=False):
         z = features.to(dtype)
         anchor_y = labels[start:stop]
-        centre = (logits.to(dtype) + log_prior.to(device=logits.device, dtype=dtype)) / logit_temperature  # (A, C)
+        centre = logits.to(dtype) + log_prior.to(device=logits.device, dtype=dtype)  # (A, C)
         sim = (z[start:stop] / temperature) @ z.T  # (A, N)
         rows = torch.arange(stop - start, device=z.device)
         positive = anchor_y[:, None] == labels[None, :]
@@ -149,7 +148,7 @@ def gpaco_loss(
         Scalar mean of ``L_i`` over anchors with a positive term; a zero with a gradient graph when there is none.
     """
     counts = check_class_counts(class_counts)
-    _check_weights(weights.alpha, weights.beta, weights.gamma, weights.temperature, weights.logit_temperature)
+    _check_weights(weights.alpha, weights.beta, weights.gamma, weights.temperature)
     check_features(features)
     check_logits(logits, labels, counts.numel())
     if logits.shape[0] != features.shape[0]:
@@ -172,7 +171,6 @@ class GPaCoLoss(nn.Module):
         beta: weight of the own-class centre positive (1.0 in every script).
         gamma: weight of the sample terms in the denominator (1.0 in every script).
         temperature: tau of the sample similarities (0.05 on CIFAR-LT, 0.2 on ImageNet-LT).
-        logit_temperature: divides the centre logits (the code's ``supt``, 1.0).
         gather_distributed: under torch.distributed, contrast against the global batch (gathered with gradient);
             the anchors, and the ``logits`` passed in, are this rank's rows. The value is the global-batch loss and
             its gradient is scaled for DDP's average (``ltcl.dist.global_mean``).
@@ -190,15 +188,14 @@ class GPaCoLoss(nn.Module):
         beta: float = 1.0,
         gamma: float = 1.0,
         temperature: float = 0.05,
-        logit_temperature: float = 1.0,
         gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         counts = check_class_counts(class_counts)
-        _check_weights(alpha, beta, gamma, temperature, logit_temperature)
+        _check_weights(alpha, beta, gamma, temperature)
         self.num_classes = counts.numel()
         self.weights = GPaCoWeights(
-            float(alpha), float(beta), float(gamma), float(temperature), float(logit_temperature)
+            float(alpha), float(beta), float(gamma), float(temperature)
         )
         self.gather_distributed = bool(gather_distributed)
         # float64: exact for float64 inputs; cast per forward to the compute dtype (C numbers).

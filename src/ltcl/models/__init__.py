@@ -1,18 +1,25 @@
-"""Backbones, projection head, classifiers, fine-tuning modes and the network that combines them."""
+"""Backbones (a registry of families), projection head, classifiers, fine-tuning modes and the network that
+combines them."""
 
+from ltcl.data.inputs import InputSpec
 from ltcl.models.backbones import KNOWN_BACKBONES, build_backbone, input_spec
-from ltcl.models.finetune import ParameterCounts, apply_finetune, apply_trainable, parse_finetune
+from ltcl.models.finetune import FINETUNE_MODES, FinetuneMode, ParameterCounts, apply_finetune, parse_finetune
 from ltcl.models.heads import CosineClassifier, LinearClassifier, ProjectionHead
-from ltcl.models.inputs import InputSpec
 from ltcl.models.lora import LoRADelta, add_lora
 from ltcl.models.network import LongTailNetwork, NetworkOutput, build_network
+from ltcl.models.registry import BACKBONES, BackboneRequest, BuiltBackbone, backbone_family, register_backbone
 from ltcl.models.resnet_cifar import CifarResNet, resnet8, resnet20, resnet32, resnet44, resnet56
 from ltcl.models.weights import load_backbone_weights
 
 __all__ = [
+    "BACKBONES",
+    "FINETUNE_MODES",
     "KNOWN_BACKBONES",
+    "BackboneRequest",
+    "BuiltBackbone",
     "CifarResNet",
     "CosineClassifier",
+    "FinetuneMode",
     "InputSpec",
     "LinearClassifier",
     "LoRADelta",
@@ -22,12 +29,13 @@ __all__ = [
     "ProjectionHead",
     "add_lora",
     "apply_finetune",
-    "apply_trainable",
+    "backbone_family",
     "build_backbone",
     "build_network",
     "input_spec",
     "load_backbone_weights",
     "parse_finetune",
+    "register_backbone",
     "resnet8",
     "resnet20",
     "resnet32",

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltcl.models.inputs import InputSpec, make_input_spec
+from ltcl.data.inputs import InputSpec, make_input_spec
+from ltcl.errors import UserError
 from ltcl.models.optional import import_optional
 
 PROMPT = "a photo of a {}."
@@ -32,7 +33,7 @@ def _model_config(open_clip: ModuleType, arch: str) -> dict[str, Any]:
     if cfg is None:
         close = difflib.get_close_matches(arch, open_clip.list_models(), n=5)
         hint = f"; close names: {', '.join(close)}" if close else "; open_clip.list_models() lists the names"
-        raise ValueError(f"OpenCLIP has no architecture '{arch}' (model.backbone open_clip/{arch}){hint}.")
+        raise UserError(f"OpenCLIP has no architecture '{arch}' (model.backbone open_clip/{arch}){hint}.")
     return cfg
 
 
@@ -42,7 +43,7 @@ def _tag_config(open_clip: ModuleType, arch: str, pretrained: bool | str) -> dic
     if pretrained is True or (
         isinstance(pretrained, str) and pretrained not in tags and not os.path.isfile(pretrained)
     ):
-        raise ValueError(
+        raise UserError(
             f"model.pretrained for open_clip/{arch} must be one of its tags ({', '.join(tags) or 'none'}) or "
             f"the path of an OpenCLIP checkpoint, got {pretrained!r}."
         )
@@ -57,7 +58,7 @@ def _check_quick_gelu(open_clip: ModuleType, arch: str, tag: str, tag_cfg: Mappi
     if bool(tag_cfg.get("quick_gelu")) != model_quick:
         base = arch.removesuffix("-quickgelu")
         want = f"{base}-quickgelu" if tag_cfg.get("quick_gelu") else base
-        raise ValueError(
+        raise UserError(
             f"OpenCLIP weights '{tag}' were trained {'with' if tag_cfg.get('quick_gelu') else 'without'} "
             f"QuickGELU but open_clip/{arch} uses {'QuickGELU' if model_quick else 'GELU'}: use model.backbone "
             f"open_clip/{want}."
@@ -76,7 +77,7 @@ def _download(open_clip: ModuleType, arch: str, tag: str, tag_cfg: Mapping) -> N
             where = f"the Hugging Face hub cache {constants.HF_HUB_CACHE}{offline}"
         else:
             where = f"the OpenCLIP cache {os.path.expanduser('~/.cache/clip')}"
-        raise ValueError(
+        raise UserError(
             f"The OpenCLIP weights '{tag}' of open_clip/{arch} are not in {where} and could not be downloaded "
             f"({type(err).__name__}); run once with network access, or set model.pretrained to a local "
             "checkpoint path."
@@ -89,7 +90,7 @@ def _text_embeddings(open_clip: ModuleType, model: nn.Module, arch: str, class_n
     try:
         tokenizer = open_clip.get_tokenizer(arch)
     except (ImportError, OSError) as err:
-        raise ValueError(
+        raise UserError(
             f"The tokenizer of open_clip/{arch} (model.zero_shot_head) is not available offline ({err})."
         ) from err
     prompts = [PROMPT.format(str(name).replace("_", " ")) for name in class_names]
@@ -125,11 +126,11 @@ def build_open_clip_backbone(
     try:
         model = open_clip.create_model(arch, pretrained=pretrained or None, **kwargs)
     except (TypeError, KeyError, AssertionError) as err:  # an unknown or ill-typed constructor argument
-        raise ValueError(
+        raise UserError(
             f"OpenCLIP could not build '{arch}' with model.backbone_kwargs {dict(kwargs)} ({err})."
         ) from err
     except RuntimeError as err:  # a checkpoint path that is not an OpenCLIP checkpoint of this architecture
-        raise ValueError(f"OpenCLIP could not load model.pretrained {pretrained!r} into {arch} ({err}).") from err
+        raise UserError(f"OpenCLIP could not load model.pretrained {pretrained!r} into {arch} ({err}).") from err
     # The tower's output is the joint embedding, whose width the (possibly overridden) config states.
     feature_dim = int(kwargs.get("embed_dim", model_cfg["embed_dim"]))
     text_weights = None if class_names is None else _text_embeddings(open_clip, model, arch, class_names)

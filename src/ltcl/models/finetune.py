@@ -2,6 +2,8 @@
 
 Modes act on the backbone only; the projection head and the classifier always train:
 
+Each mode is registered (``FINETUNE_MODES``, listed by ``ltcl methods``):
+
 - ``full``: every backbone parameter trains.
 - ``bitfit`` (Ben Zaken et al. 2022): only biases and the parameters of normalisation layers train.
 - ``lora:R``: the backbone is frozen and rank-R updates of its linear maps train (:mod:`ltcl.models.lora`).
@@ -14,13 +16,15 @@ mode allows it and a prefix matches it. Frozen BatchNorm layers keep their runni
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
 
 from ltcl.config import ModelConfig
+from ltcl.errors import UserError
 from ltcl.models.lora import add_lora
+from ltcl.registry import Registry
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
 # Normalisation layers of timm and OpenCLIP that are not torch subclasses (timm's RmsNorm, SimpleNorm, ...).
@@ -36,12 +40,47 @@ class ParameterCounts:
     total: int
 
 
-def parse_finetune(value: str) -> tuple[str, int]:
-    """``"full"`` -> ("full", 0), ``"bitfit"`` -> ("bitfit", 0), ``"lora:8"`` -> ("lora", 8)."""
-    mode, _, rank = value.partition(":")
-    if (mode in ("full", "bitfit") and not rank) or (mode == "lora" and rank.isdigit() and int(rank) >= 1):
-        return mode, int(rank or 0)
-    raise ValueError(f"model.finetune must be full, bitfit or lora:R with a rank R >= 1, got '{value}'.")
+@dataclass(frozen=True)
+class FinetuneMode:
+    """One registered fine-tuning mode (``model.finetune``).
+
+    Attributes:
+        name: the mode, as written before any ``:N`` argument.
+        select: ``(backbone, argument, model_cfg) -> names`` of the backbone parameters that train; it may add
+            parameters to the backbone first (LoRA's factors).
+        argument: what ``:N`` means ("" when the mode takes none), e.g. "rank R" (its last word is the letter).
+        paper: where the mode comes from.
+    """
+
+    name: str
+    select: Callable[[nn.Module, int, ModelConfig], set[str]]
+    argument: str = ""
+    paper: str = ""
+
+
+FINETUNE_MODES: Registry[FinetuneMode] = Registry("fine-tuning mode", "model.finetune")
+
+
+def register_finetune_mode(mode: FinetuneMode) -> FinetuneMode:
+    return FINETUNE_MODES.register(mode.name, mode)
+
+
+def parse_finetune(value: str) -> tuple[FinetuneMode, int]:
+    """``"full"`` -> (full, 0), ``"lora:8"`` -> (lora, 8): the registered mode and its argument.
+
+    Raises:
+        UserError: an unknown mode, or a missing, extra or non-positive argument.
+    """
+    name, colon, argument = value.partition(":")
+    if name not in FINETUNE_MODES:
+        raise UserError(FINETUNE_MODES.unknown(value))
+    mode = FINETUNE_MODES.get(name)
+    if mode.argument and not (argument.isdigit() and int(argument) >= 1):
+        letter = mode.argument.split()[-1]
+        raise UserError(f"model.finetune {name}:{letter} takes a {mode.argument} >= 1, got '{value}'.")
+    if not mode.argument and colon:
+        raise UserError(f"model.finetune {name} takes no argument, got '{value}'.")
+    return mode, int(argument or 0)
 
 
 def _matches(name: str, prefix: str) -> bool:
@@ -54,7 +93,7 @@ def _check_prefixes(named: Sequence[tuple[str, nn.Parameter]], prefixes: Sequenc
     for prefix in prefixes:
         if not any(_matches(name, prefix) for name, _ in named) and not any(_matches(prefix, a) for a in allowed):
             roots = sorted({name.split(".")[0] for name, _ in named})
-            raise ValueError(
+            raise UserError(
                 f"model.trainable prefix '{prefix}' matches no parameter (names start with {', '.join(roots)})."
             )
 
@@ -85,20 +124,13 @@ def apply_finetune(model: nn.Module, model_cfg: ModelConfig) -> ParameterCounts:
         Trainable and total parameter elements (LoRA factors included).
 
     Raises:
-        ValueError: a bad mode, LoRA on a backbone without linear layers, a prefix matching nothing.
+        UserError: a bad mode, LoRA on a backbone without linear layers, a prefix matching nothing.
     """
-    mode, rank = parse_finetune(model_cfg.finetune)
-    if model_cfg.lora_alpha < 0:
-        raise ValueError(f"model.lora_alpha must be >= 0 (0: the rank), got {model_cfg.lora_alpha}.")
+    mode, argument = parse_finetune(model_cfg.finetune)
     prefixes = list(model_cfg.trainable)
     # Everything is checked before anything changes, so a refused call leaves the model as it was.
     _check_prefixes(list(model.named_parameters()), prefixes, HEADS)
-    if mode == "lora":
-        allowed = set(add_lora(model.backbone, rank, model_cfg.lora_alpha or float(rank)))
-    elif mode == "bitfit":
-        allowed = bitfit_names(model.backbone)
-    else:
-        allowed = {name for name, _ in model.backbone.named_parameters()}
+    allowed = mode.select(model.backbone, argument, model_cfg)
     for name, param in model.named_parameters():
         if not name.startswith("backbone."):
             param.requires_grad_(True)  # the heads always train
@@ -115,21 +147,19 @@ def count_parameters(model: nn.Module) -> ParameterCounts:
     return ParameterCounts(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
 
 
-def apply_trainable(model: nn.Module, prefixes: Sequence[str]) -> int:
-    """Freezes every parameter outside ``prefixes`` (model.trainable); an empty list leaves all as they are.
-
-    The older interface, kept for compatibility: unlike :func:`apply_finetune` the prefixes apply to the heads
-    too. A prefix matches whole dotted components of ``model.named_parameters()`` names ("backbone.layer4.2"
-    trains "backbone.layer4.2.conv1.weight" but not "backbone.layer4.20..."). Call it before wrapping the model
-    in DDP; the model's train/eval mode is re-applied so that frozen BatchNorm layers switch to eval at once.
-
-    Returns:
-        The number of trainable parameter elements.
-    """
-    named = list(model.named_parameters())
-    if prefixes:
-        _check_prefixes(named, prefixes, ())
-        for name, param in named:
-            param.requires_grad_(any(_matches(name, prefix) for prefix in prefixes))
-        model.train(model.training)
-    return sum(p.numel() for _, p in named if p.requires_grad)
+register_finetune_mode(
+    FinetuneMode("full", lambda backbone, _, __: {n for n, _ in backbone.named_parameters()}, paper="every weight")
+)
+register_finetune_mode(
+    FinetuneMode(
+        "bitfit", lambda backbone, _, __: bitfit_names(backbone), paper="Ben Zaken et al., ACL 2022 (biases, norms)"
+    )
+)
+register_finetune_mode(
+    FinetuneMode(
+        "lora",
+        lambda backbone, rank, cfg: set(add_lora(backbone, rank, cfg.lora_alpha or float(rank))),
+        argument="rank R",
+        paper="Hu et al., ICLR 2022 (rank-R updates of every linear map)",
+    )
+)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltcl.errors import UserError
+
 
 class ProjectionHead(nn.Sequential):
     """Linear-(BatchNorm)-ReLU-Linear MLP, or a single Linear when ``hidden_dim`` is 0.
@@ -17,7 +19,7 @@ class ProjectionHead(nn.Sequential):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = False) -> None:
         if in_dim <= 0 or out_dim <= 0 or hidden_dim < 0:
-            raise ValueError(
+            raise UserError(
                 f"ProjectionHead needs positive in/out sizes and hidden size >= 0, got "
                 f"in_dim={in_dim}, hidden_dim={hidden_dim}, out_dim={out_dim}."
             )
@@ -52,7 +54,7 @@ class CosineClassifier(nn.Module):
     def __init__(self, in_dim: int, num_classes: int, scale: float = 16.0) -> None:
         super().__init__()
         if not scale > 0:
-            raise ValueError(f"CosineClassifier scale (model.cosine_scale) must be positive, got {scale}.")
+            raise UserError(f"CosineClassifier scale (model.cosine_scale) must be positive, got {scale}.")
         self.scale = float(scale)
         self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # the nn.Linear default; only directions matter

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ltcl.errors import UserError
+
 # nn.MultiheadAttention keeps q/k/v as one packed parameter, or three when key/value sizes differ.
 _MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 
@@ -74,11 +76,13 @@ def add_lora(backbone: nn.Module, rank: int, alpha: float) -> list[str]:
     Raises:
         ValueError: the backbone has no linear map, or is adapted already.
     """
+    if not (isinstance(alpha, (int, float)) and alpha > 0) or not (isinstance(rank, int) and rank >= 1):
+        raise UserError(f"LoRA needs a rank >= 1 and a scaling alpha > 0 (model.lora_alpha), got {rank} and {alpha}.")
     if any(parametrize.is_parametrized(m) for m in backbone.modules()):
-        raise ValueError("The backbone already has parametrized weights (LoRA applied twice?); build a new network.")
+        raise UserError("The backbone already has parametrized weights (LoRA applied twice?); build a new network.")
     targets = lora_targets(backbone)
     if not targets:
-        raise ValueError(
+        raise UserError(
             f"model.finetune lora:{rank} adapts linear layers, and the backbone ({type(backbone).__name__}) has "
             "none (a convolutional network): use model.finetune full or bitfit, or model.trainable prefixes."
         )

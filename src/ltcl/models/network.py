@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, get_args
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ltcl.config import ModelConfig
-from ltcl.config.schema import Classifier
-from ltcl.models.backbones import OPEN_CLIP_PREFIX, build_backbone
-from ltcl.models.clip_backbone import build_open_clip_backbone
+from ltcl.config.checks import check_fields
+from ltcl.errors import UserError
+from ltcl.models.backbones import build_backbone
 from ltcl.models.heads import CosineClassifier, LinearClassifier, ProjectionHead
-from ltcl.models.weights import load_backbone_weights
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -83,24 +82,18 @@ class LongTailNetwork(nn.Module):
 
 
 def _check(model_cfg: ModelConfig, num_classes: int, class_names: Sequence[str] | None) -> None:
-    if model_cfg.classifier not in get_args(Classifier):
-        raise ValueError(f"model.classifier must be 'linear' or 'cosine', got '{model_cfg.classifier}'.")
+    check_fields(model_cfg, "model.")  # the config's declared ranges, for a ModelConfig built in Python
     if num_classes < 1:
-        raise ValueError(f"The network needs at least one class, got num_classes={num_classes}.")
-    if model_cfg.projection_dim < 0 or model_cfg.projection_hidden < 0:
-        raise ValueError(
-            f"model.projection_dim and model.projection_hidden must be >= 0, got "
-            f"{model_cfg.projection_dim} and {model_cfg.projection_hidden}."
-        )
+        raise UserError(f"The network needs at least one class, got num_classes={num_classes}.")
     if model_cfg.zero_shot_head:
-        if not model_cfg.backbone.startswith(OPEN_CLIP_PREFIX) or model_cfg.classifier != "cosine":
-            raise ValueError(
-                "model.zero_shot_head needs an open_clip/<arch> backbone and model.classifier cosine, got "
-                f"{model_cfg.backbone} with {model_cfg.classifier}."
+        if model_cfg.classifier != "cosine":
+            raise UserError(
+                "model.zero_shot_head initialises a cosine classifier: set model.classifier cosine (it is "
+                f"{model_cfg.classifier})."
             )
         if class_names is None or len(class_names) != num_classes:
             got = "none" if class_names is None else len(class_names)
-            raise ValueError(f"model.zero_shot_head needs the {num_classes} class names, got {got}.")
+            raise UserError(f"model.zero_shot_head needs the {num_classes} class names, got {got}.")
 
 
 def build_network(
@@ -117,17 +110,18 @@ def build_network(
     Every parameter trains; :func:`ltcl.models.finetune.apply_finetune` then chooses which do.
     """
     _check(model_cfg, num_classes, class_names)
-    text_weights = None
-    if model_cfg.zero_shot_head:
-        arch = model_cfg.backbone[len(OPEN_CLIP_PREFIX) :]
-        backbone, feature_dim, text_weights = build_open_clip_backbone(
-            arch, model_cfg.pretrained, dict(model_cfg.backbone_kwargs or {}), class_names
-        )
-        if model_cfg.weights:
-            load_backbone_weights(backbone, model_cfg.weights, select="visual.")
-    else:
-        backbone, feature_dim = build_backbone(
-            model_cfg.backbone, model_cfg.weights, pretrained=model_cfg.pretrained, kwargs=model_cfg.backbone_kwargs
+    built = build_backbone(
+        model_cfg.backbone,
+        model_cfg.weights,
+        pretrained=model_cfg.pretrained,
+        kwargs=model_cfg.backbone_kwargs,
+        class_names=class_names if model_cfg.zero_shot_head else None,
+    )
+    backbone, feature_dim, text_weights = built.module, built.feature_dim, built.text_weights
+    if model_cfg.zero_shot_head and text_weights is None:
+        raise UserError(
+            f"model.zero_shot_head needs text embeddings of the class names, which backbone {model_cfg.backbone} "
+            "does not provide (open_clip/<arch> does)."
         )
     projection = None
     if model_cfg.projection_dim > 0:

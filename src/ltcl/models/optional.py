@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ltcl.errors import UserError
+
 # module -> (pip package, ltcl extra that installs it)
 _PACKAGES = {
     "timm": ("timm", "timm"),
@@ -24,7 +26,7 @@ def import_optional(module: str, needed_for: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as err:
         package, extra = _PACKAGES[module]
-        raise ValueError(
+        raise UserError(
             f"{needed_for} needs the {package} package, which is not installed: "
             f"pip install 'ltcl[{extra}]' (or pip install {package})."
         ) from err

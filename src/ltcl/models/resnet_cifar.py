@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltcl.errors import UserError
+
 
 class ShortcutA(nn.Module):
     """Parameter-free option-A shortcut: stride-``stride`` subsampling, then zero channels on both sides.
@@ -25,7 +27,7 @@ class ShortcutA(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         if out_channels < in_channels:
-            raise ValueError(f"ShortcutA cannot reduce channels ({in_channels} -> {out_channels}).")
+            raise UserError(f"ShortcutA cannot reduce channels ({in_channels} -> {out_channels}).")
         self.stride = stride
         # The new channels are split evenly before and after the old ones, as in the LDAM/GPaCo code,
         # so that checkpoints trained there behave identically here.
@@ -75,7 +77,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int = 32) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 20, 32, ...), got {depth}.")
+            raise UserError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 20, 32, ...), got {depth}.")
         blocks = (depth - 2) // 6
         self.depth = depth
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)

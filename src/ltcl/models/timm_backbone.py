@@ -16,7 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from ltcl.models.inputs import InputSpec, make_input_spec
+from ltcl.data.inputs import InputSpec, make_input_spec
+from ltcl.errors import UserError
 from ltcl.models.optional import import_optional
 
 # Set by ltcl itself; a user value would clash with the feature-extractor contract.
@@ -39,15 +40,15 @@ def pretrained_cfg(timm: ModuleType, name: str) -> Any:
         ValueError: the architecture or the tag is unknown.
     """
     if not name:
-        raise ValueError("model.backbone 'timm/' needs a model name after the slash, e.g. timm/convnext_tiny.")
+        raise UserError("model.backbone 'timm/' needs a model name after the slash, e.g. timm/convnext_tiny.")
     arch, _, tag = name.partition(".")
     if not timm.is_model(name):
-        raise ValueError(f"timm has no model '{arch}' (model.backbone timm/{name}){_close_names(timm, arch)}.")
+        raise UserError(f"timm has no model '{arch}' (model.backbone timm/{name}){_close_names(timm, arch)}.")
     try:
         return timm.get_pretrained_cfg(name)
     except RuntimeError as err:  # a known architecture with an unknown tag
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-        raise ValueError(
+        raise UserError(
             f"timm model '{arch}' has no pretrained tag '{tag}' (model.backbone timm/{name}); its tags are "
             f"{', '.join(tags[:10]) or 'none'}{' ...' if len(tags) > 10 else ''}."
         ) from err
@@ -80,28 +81,28 @@ def build_timm_backbone(name: str, pretrained: bool | str, kwargs: Mapping[str, 
     """
     timm = _timm(name)
     if isinstance(pretrained, str):
-        raise ValueError(
+        raise UserError(
             f"model.pretrained for timm/{name} must be true or false, got '{pretrained}': a timm pretrained tag "
             f"goes into the name, e.g. timm/{name.partition('.')[0]}.<tag>."
         )
     reserved = [k for k in _RESERVED_KWARGS if k in kwargs]
     if reserved:
-        raise ValueError(f"model.backbone_kwargs must not set {', '.join(reserved)}: ltcl sets it for timm/{name}.")
+        raise UserError(f"model.backbone_kwargs must not set {', '.join(reserved)}: ltcl sets it for timm/{name}.")
     cfg = pretrained_cfg(timm, name)
     if pretrained and not (cfg and (cfg.hf_hub_id or cfg.url or cfg.file)):
-        raise ValueError(f"timm model '{name}' has no pretrained weights (model.pretrained); set it to false.")
+        raise UserError(f"timm model '{name}' has no pretrained weights (model.pretrained); set it to false.")
     try:
         model = timm.create_model(name, pretrained=bool(pretrained), num_classes=0, **kwargs)
     except OSError as err:  # hub and url downloads fail with OSError subclasses (offline, no network, no file)
         if not pretrained:
             raise
-        raise ValueError(
+        raise UserError(
             f"The pretrained weights of timm model '{name}' are not in {_weights_location(cfg, kwargs)} and could "
             f"not be downloaded ({type(err).__name__}); run once with network access, or give a local file as "
             "model.weights with model.pretrained false."
         ) from err
     except (TypeError, AssertionError) as err:  # an unknown or ill-typed constructor argument
-        raise ValueError(f"timm could not build '{name}' with model.backbone_kwargs {dict(kwargs)} ({err}).") from err
+        raise UserError(f"timm could not build '{name}' with model.backbone_kwargs {dict(kwargs)} ({err}).") from err
     # head_hidden_size: the pooled width when a pre-logits layer follows the pooling (MobileNetV3's conv_head)
     feature_dim = getattr(model, "head_hidden_size", None) or model.num_features
     return model, int(feature_dim)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ltcl.errors import UserError
 from ltcl.models.optional import import_optional
 
 # Where checkpoints of other codebases keep the backbone: nested mappings, then key prefixes
@@ -28,13 +29,11 @@ def _load_file(path: Path) -> object:
         try:
             return safetensors_torch.load_file(str(path), device="cpu")
         except Exception as err:  # a truncated or foreign file: the same user mistake
-            raise ValueError(
-                f"Backbone weights file {path} could not be read as safetensors ({_reason(err)})."
-            ) from err
+            raise UserError(f"Backbone weights file {path} could not be read as safetensors ({_reason(err)}).") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable content is the same user mistake
-        raise ValueError(
+        raise UserError(
             f"Backbone weights file {path} could not be read as a PyTorch state_dict ({_reason(err)})."
         ) from err
 
@@ -73,7 +72,7 @@ def read_state_dict(path: Path, select: str = "") -> dict[str, torch.Tensor]:
     items = obj.items() if isinstance(obj, Mapping) else ()
     tensors = {k: v for k, v in items if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError(f"Backbone weights file {path} holds no state_dict (a mapping of names to tensors).")
+        raise UserError(f"Backbone weights file {path} holds no state_dict (a mapping of names to tensors).")
     state = {_strip_prefixes(k): v for k, v in tensors.items()}
     if select and any(k.startswith(select) for k in state):
         state = {k[len(select) :]: v for k, v in state.items() if k.startswith(select)}
@@ -101,13 +100,13 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, select: str = "
     own = backbone.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"Backbone weights file {path} lacks {len(missing)} of the backbone's keys, first "
             f"{missing[:5]} (the file has keys such as {list(state)[:5]})."
         )
     for key, value in own.items():
         if key in state and state[key].shape != value.shape:
-            raise ValueError(
+            raise UserError(
                 f"Backbone weights file {path} holds '{key}' with shape "
                 f"{tuple(state[key].shape)}, expected {tuple(value.shape)}: it was trained for "
                 "another architecture."

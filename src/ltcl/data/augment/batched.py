@@ -53,6 +53,7 @@ from ltcl.data.augment.recipes import (
     mean_pixel,
 )
 from ltcl.data.augment.resolve import cutout_fill_values, normalization_stats
+from ltcl.errors import UserError
 
 
 class Draws:
@@ -116,7 +117,7 @@ class BatchViewAugment:
 
     def __init__(self, preset: str, size: int, views_cfg: ViewsConfig) -> None:
         if preset not in DEVICE_PRESETS:
-            raise ValueError(
+            raise UserError(
                 f"Augmentation preset {preset!r} cannot run on the device; supported there: "
                 f"{', '.join(DEVICE_PRESETS)} (use data.augment_on=loader for the others)."
             )
@@ -246,7 +247,7 @@ def build_batch_views(views_cfg: ViewsConfig) -> list[BatchViewAugment]:
 def normalize_batch(images: Tensor, views_cfg: ViewsConfig) -> Tensor:
     """(B, 3, H, W) in [0, 1] -> ``(images - mean) / std``, statistics of ``views_cfg.normalization``."""
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"normalize_batch expects images of shape (B, 3, H, W), got {tuple(images.shape)}.")
+        raise UserError(f"normalize_batch expects images of shape (B, 3, H, W), got {tuple(images.shape)}.")
     return normalize(images, *normalization_stats(views_cfg))
 
 

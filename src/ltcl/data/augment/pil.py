@@ -26,6 +26,7 @@ from ltcl.data.augment.recipes import (
     recipe,
 )
 from ltcl.data.augment.resolve import UNRESOLVED_SIZE, cutout_fill_values, normalization_stats
+from ltcl.errors import UserError
 
 
 def build_train_transform(preset: str, size: int, views_cfg: ViewsConfig) -> Callable[..., Tensor]:
@@ -89,11 +90,11 @@ def build_test_transform(views_cfg: ViewsConfig) -> Callable[..., Tensor]:
     """
     mean, std = normalization_stats(views_cfg)
     if views_cfg.test_size == 0:
-        raise ValueError(UNRESOLVED_SIZE.format(key="views.test_size"))
+        raise UserError(UNRESOLVED_SIZE.format(key="views.test_size"))
     if views_cfg.test_size < 0:
-        raise ValueError(f"views.test_size must be a positive number of pixels, got {views_cfg.test_size}.")
+        raise UserError(f"views.test_size must be a positive number of pixels, got {views_cfg.test_size}.")
     if views_cfg.test_resize < 0:
-        raise ValueError(
+        raise UserError(
             f"views.test_resize must be 0 (= views.test_size) or a side in pixels, got {views_cfg.test_resize}."
         )
     shorter_side = views_cfg.test_resize or views_cfg.test_size
@@ -103,7 +104,7 @@ def build_test_transform(views_cfg: ViewsConfig) -> Callable[..., Tensor]:
 def _randaugment(views_cfg: ViewsConfig, fill: tuple[int, ...]) -> v2.RandAugment:
     n, m, bins = views_cfg.randaugment_n, views_cfg.randaugment_m, views_cfg.randaugment_bins
     if n < 0:
-        raise ValueError(f"views.randaugment_n must be a non-negative number of operations, got {n}.")
+        raise UserError(f"views.randaugment_n must be a non-negative number of operations, got {n}.")
     if bins < 2 or not 0 <= m < bins:
-        raise ValueError(f"views.randaugment_m must lie in 0..{bins - 1} (views.randaugment_bins - 1), got {m}.")
+        raise UserError(f"views.randaugment_m must lie in 0..{bins - 1} (views.randaugment_bins - 1), got {m}.")
     return v2.RandAugment(num_ops=n, magnitude=m, num_magnitude_bins=bins, fill=fill)

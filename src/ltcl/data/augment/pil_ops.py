@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor
 
 from ltcl.data.augment.recipes import BLUR_SIGMA
+from ltcl.errors import UserError
 
 
 class Cutout(torch.nn.Module):
@@ -31,7 +32,7 @@ class Cutout(torch.nn.Module):
     def __init__(self, length: int, fill: float | Sequence[float] = 0.0) -> None:
         super().__init__()
         if length < 1:
-            raise ValueError(f"Cutout length must be a positive number of pixels, got {length}.")
+            raise UserError(f"Cutout length must be a positive number of pixels, got {length}.")
         self.length = int(length)
         self.fill = torch.as_tensor(fill, dtype=torch.float32).reshape(-1, 1, 1)
 
@@ -143,9 +144,9 @@ class RandomGaussianBlur(torch.nn.Module):
     def __init__(self, kernel_size: int, sigma: tuple[float, float] = BLUR_SIGMA) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"Gaussian blur kernel_size must be a positive odd number, got {kernel_size}.")
+            raise UserError(f"Gaussian blur kernel_size must be a positive odd number, got {kernel_size}.")
         if not 0 < sigma[0] <= sigma[1]:
-            raise ValueError(f"Gaussian blur sigma must be a range 0 < low <= high, got {sigma}.")
+            raise UserError(f"Gaussian blur sigma must be a range 0 < low <= high, got {sigma}.")
         self.kernel_size = int(kernel_size)
         self.sigma = (float(sigma[0]), float(sigma[1]))
 

@@ -1,4 +1,4 @@
-"""The view recipes (reference.md section 2), written once: both pipelines build their steps from this table.
+"""The view recipes (docs/conventions.md, "Recipes"), written once: both pipelines build their steps from this table.
 
 A recipe lists what one training view does, in the order both pipelines apply it (and draw its random numbers):
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from ltcl.config.schema import Preset
+from ltcl.errors import UserError
 
 PRESETS: tuple[str, ...] = get_args(Preset)
 
@@ -93,14 +94,14 @@ DEVICE_PRESETS: tuple[str, ...] = tuple(name for name, r in RECIPES.items() if r
 def recipe(preset: str) -> ViewRecipe:
     """The recipe of ``preset``; an unknown name is a ValueError listing the known ones."""
     if preset not in RECIPES:
-        raise ValueError(f"Unknown augmentation preset {preset!r}; known presets: {', '.join(PRESETS)}.")
+        raise UserError(f"Unknown augmentation preset {preset!r}; known presets: {', '.join(PRESETS)}.")
     return RECIPES[preset]
 
 
 def check_size(size: object) -> int:
     """``size`` if it is a positive int (not a bool), else a ValueError."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"View size must be a positive number of pixels, got {size!r}.")
+        raise UserError(f"View size must be a positive number of pixels, got {size!r}.")
     return size
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, get_args
+from typing import get_args
 
 from ltcl.config import ViewsConfig
 from ltcl.config.schema import CutoutFill, Normalization
+from ltcl.data.inputs import InputSpec
+from ltcl.errors import UserError
 
 NORMALIZATION = {
     "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -24,14 +26,6 @@ UNRESOLVED_SIZE = (
     "{key} is 0 (the model's input size), but no model input spec resolved it: give it in pixels, or build "
     "from resolve_views(views, input_spec)."
 )
-
-
-class InputSpec(Protocol):
-    """What a model says about its inputs: square side in pixels, per-channel mean and std of [0, 1] pixels."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 @dataclass
@@ -62,9 +56,9 @@ def resolve_views(views_cfg: ViewsConfig, input_spec: InputSpec | None) -> Views
     if input_spec is None:
         if sizes_unset:
             key = "views.test_size" if views_cfg.test_size == 0 else "A views.sizes entry"
-            raise ValueError(UNRESOLVED_SIZE.format(key=key))
+            raise UserError(UNRESOLVED_SIZE.format(key=key))
         if stats_unset:
-            raise ValueError(
+            raise UserError(
                 "views.normalization is 'model', but the model defines no mean and std: use cifar or imagenet."
             )
         return views_cfg
@@ -72,7 +66,7 @@ def resolve_views(views_cfg: ViewsConfig, input_spec: InputSpec | None) -> Views
         return views_cfg
     size = input_spec.size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"The model's input size must be a positive number of pixels, got {size!r}.")
+        raise UserError(f"The model's input size must be a positive number of pixels, got {size!r}.")
     values = {f.name: getattr(views_cfg, f.name) for f in dataclasses.fields(views_cfg)}
     values = {k: list(v) if isinstance(v, list) else v for k, v in values.items()}  # no list shared with the input
     values["sizes"] = [size if s == 0 else s for s in views_cfg.sizes]
@@ -87,14 +81,14 @@ def normalization_stats(views_cfg: ViewsConfig) -> tuple[tuple[float, ...], tupl
     if views_cfg.normalization == "model":
         mean, std = getattr(views_cfg, "mean", None), getattr(views_cfg, "std", None)
         if mean is None or std is None:
-            raise ValueError(
+            raise UserError(
                 "views.normalization 'model' takes the model's mean and std: build from "
                 "resolve_views(views, input_spec)."
             )
         return tuple(mean), tuple(std)
     if views_cfg.normalization not in NORMALIZATION:
         known = ", ".join(get_args(Normalization))
-        raise ValueError(f"views.normalization must be one of {known}; got {views_cfg.normalization!r}.")
+        raise UserError(f"views.normalization must be one of {known}; got {views_cfg.normalization!r}.")
     return NORMALIZATION[views_cfg.normalization]
 
 
@@ -106,12 +100,12 @@ def cutout_fill_values(views_cfg: ViewsConfig, mean: Sequence[float], std: Seque
     """
     known = get_args(CutoutFill)
     if views_cfg.cutout_fill not in known:
-        raise ValueError(f"views.cutout_fill must be one of {', '.join(known)}; got {views_cfg.cutout_fill!r}.")
+        raise UserError(f"views.cutout_fill must be one of {', '.join(known)}; got {views_cfg.cutout_fill!r}.")
     return [0.0] * 3 if views_cfg.cutout_fill == "mean" else [-m / s for m, s in zip(mean, std)]
 
 
 def _channel_values(values: Sequence[float], name: str) -> tuple[float, ...]:
     out = tuple(float(v) for v in values)
     if len(out) != 3 or (name == "std" and min(out) <= 0):
-        raise ValueError(f"The model's input {name} must hold 3 channel values (std > 0), got {values!r}.")
+        raise UserError(f"The model's input {name} must hold 3 channel values (std > 0), got {values!r}.")
     return out

@@ -15,12 +15,11 @@ Modules: :mod:`.base` (the dataset classes, reading an image), :mod:`.cifar`, :m
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import os
 from typing import Callable, get_args
 
 from ltcl.config import DataConfig
+from ltcl.config.checks import check_fields
 from ltcl.config.schema import Dataset
 from ltcl.data.datasets.base import (
     IMAGE_EXTENSIONS,
@@ -37,6 +36,7 @@ from ltcl.data.datasets.digits import DIGITS_TEST_PER_CLASS, build_digits, digit
 from ltcl.data.datasets.folder import build_image_folder
 from ltcl.data.datasets.split_list import LIST_NUM_CLASSES, build_split_list, class_names_from_paths, read_split_list
 from ltcl.data.longtail import PROFILES
+from ltcl.errors import UserError
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -91,29 +91,16 @@ def build_split(
         ValueError, FileNotFoundError: one sentence naming the key, path or value at fault.
     """
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
-    if data_cfg.dataset not in DATASETS:
-        raise ValueError(f"data.dataset {data_cfg.dataset!r} is unknown; expected one of {', '.join(DATASETS)}.")
-    factor = data_cfg.imbalance_factor
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not (math.isfinite(factor) and factor >= 1):
-        raise ValueError(f"data.imbalance_factor must be a finite number >= 1, got {factor!r}.")
-    if data_cfg.imbalance_profile not in PROFILES:
-        raise ValueError(
-            f"data.imbalance_profile must be one of {', '.join(PROFILES)}, got {data_cfg.imbalance_profile!r}."
-        )
-    if data_cfg.num_classes < 0:
-        raise ValueError(f"data.num_classes must be >= 0 (0: the dataset's standard), got {data_cfg.num_classes}.")
-    per_class = data_cfg.val_per_class
-    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 0:
-        raise ValueError(f"data.val_per_class must be an integer >= 0, got {per_class!r}.")
-    if per_class and data_cfg.dataset not in VAL_PER_CLASS_DATASETS:
-        raise ValueError(
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}.")
+    check_fields(data_cfg, "data.")  # the config's declared ranges, for a DataConfig built in Python
+    if data_cfg.val_per_class and data_cfg.dataset not in VAL_PER_CLASS_DATASETS:
+        raise UserError(
             f"data.val_per_class applies to {', '.join(VAL_PER_CLASS_DATASETS)}; {data_cfg.dataset} takes its "
             f"validation split from {'a val/ folder' if data_cfg.dataset == 'image_folder' else 'data.val_list'}, "
             f"so set data.val_per_class=0."
         )
     if class_names is not None and (not len(class_names) or not all(isinstance(n, str) for n in class_names)):
-        raise ValueError(f"class_names must be a non-empty list of strings, got {class_names!r:.80}.")
+        raise UserError(f"class_names must be a non-empty list of strings, got {class_names!r:.80}.")
     if data_cfg.dataset in CIFAR:
         return build_cifar(data_cfg, split, transform, class_names)
     if data_cfg.dataset in LIST_NUM_CLASSES:

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ltcl.config import DataConfig
+from ltcl.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # File-system calls release the GIL: threads hide the latency of network file systems (on a local disk with a warm
@@ -71,9 +72,9 @@ class ArrayDataset(LabelledDataset):
     def __init__(self, images: np.ndarray, targets, classes, transform=None, problems=(), indices=None):
         super().__init__(targets, classes, transform)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 of shape (N, H, W, 3), got {images.dtype} {images.shape}.")
+            raise UserError(f"images must be uint8 of shape (N, H, W, 3), got {images.dtype} {images.shape}.")
         if len(images) != len(self.targets):
-            raise ValueError(f"Got {len(images)} images but {len(self.targets)} labels; expected one label each.")
+            raise UserError(f"Got {len(images)} images but {len(self.targets)} labels; expected one label each.")
         self.images = images
         self.problems = list(problems)
         self.indices = np.arange(len(images), dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
@@ -105,7 +106,7 @@ class FileListDataset(LabelledDataset):
         # A NumPy string array, not a list of str: DataLoader workers then share it without copy-on-read.
         self.paths = np.asarray(paths, dtype=str)
         if len(self.paths) != len(self.targets):
-            raise ValueError(f"Got {len(self.paths)} paths but {len(self.targets)} labels; expected one label each.")
+            raise UserError(f"Got {len(self.paths)} paths but {len(self.targets)} labels; expected one label each.")
         self.source, self.root = source or "this dataset", str(root)
         self.skipped: list[str] = []
         self.decoded = bool(skip_corrupt)  # every image was opened and decoded here (check_images needs no more)
@@ -115,7 +116,7 @@ class FileListDataset(LabelledDataset):
         if not skip_corrupt:
             if not exists.all():
                 missing = self.paths[~exists]
-                raise ValueError(
+                raise UserError(
                     f"{len(missing)} of {len(self.paths)} images of {self.source} are missing under "
                     f"{self.root or os.getcwd()}, first: {', '.join(self._shown(missing[:3]))}."
                 )
@@ -133,7 +134,7 @@ class FileListDataset(LabelledDataset):
             )
             self.paths, self.targets = self.paths[~bad], self.targets[~bad]
         if not len(self.paths):
-            raise ValueError(
+            raise UserError(
                 f"Every image of {self.source} is missing or unreadable under {self.root}; check data.root."
             )
 
@@ -153,7 +154,7 @@ def load_image(path: str | Path) -> Image.Image:
     except FileNotFoundError:
         raise FileNotFoundError(f"Image {path} does not exist.") from None
     except PIL_ERRORS as err:
-        raise ValueError(f"Image {path} cannot be decoded ({decode_reason(err)}).") from None
+        raise UserError(f"Image {path} cannot be decoded ({decode_reason(err)}).") from None
 
 
 def decode_reason(err: Exception) -> str:
@@ -210,7 +211,7 @@ def map_chunks(
 def existing_root(cfg: DataConfig) -> Path:
     """``data.root`` as an existing folder, or one error naming it."""
     if not cfg.root:
-        raise ValueError(f"data.root is empty; expected the image folder of {cfg.dataset}.")
+        raise UserError(f"data.root is empty; expected the image folder of {cfg.dataset}.")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {root} is not an existing folder; expected the image folder.")

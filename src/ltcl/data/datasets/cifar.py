@@ -22,6 +22,7 @@ from PIL import Image
 from ltcl.config import DataConfig
 from ltcl.data.datasets.base import DECODE_THREADS, PIL_ERRORS, ArrayDataset, decode_reason, map_chunks
 from ltcl.data.longtail import longtail_counts, select_longtail_split
+from ltcl.errors import UserError
 
 CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 CIFAR100_CLASSES = """
@@ -54,12 +55,12 @@ def build_cifar(
         return None
     labels, decode, names = _cifar_source(cfg, train=split != "test")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
-        raise ValueError(
+        raise UserError(
             f"data.root {cfg.root}: labels must lie in [0, {len(names)}), got {labels.min()}..{labels.max()}."
         )
     if class_names is not None:
         if len(class_names) != len(names):
-            raise ValueError(
+            raise UserError(
                 f"data.root {cfg.root} holds {len(names)} classes but the given class names number {len(class_names)}."
             )
         names = list(class_names)
@@ -71,7 +72,7 @@ def build_cifar(
         train, val = select_longtail_split(labels, counts, cfg.subset_seed, cfg.val_per_class)
         indices = train if split == "train" else val
         if split == "val" and not len(indices):
-            raise ValueError(
+            raise UserError(
                 f"data.val_per_class={cfg.val_per_class} takes validation images from the training images that the "
                 f"long-tailed subset leaves unused, and data.imbalance_factor={cfg.imbalance_factor:g} leaves none."
             )
@@ -99,7 +100,7 @@ def _cifar_source(cfg: DataConfig, train: bool) -> tuple[np.ndarray, Decoder, li
     num_classes, tv_class = CIFAR[cfg.dataset]
     official = CIFAR10_CLASSES if num_classes == 10 else CIFAR100_CLASSES
     if not cfg.root:
-        raise ValueError(f"data.root is empty; expected a .npz file or the folder holding {tv_class.base_folder}/.")
+        raise UserError(f"data.root is empty; expected a .npz file or the folder holding {tv_class.base_folder}/.")
     root = Path(cfg.root).expanduser()
     if root.suffix == ".npz":
         if not root.is_file():
@@ -115,7 +116,7 @@ def _cifar_source(cfg: DataConfig, train: bool) -> tuple[np.ndarray, Decoder, li
         data = _presence_checked(tv_class)(str(parent), train=train, download=cfg.download)
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
         reason = type(err).__name__ if "pickle" in str(err).lower() else str(err)
-        raise ValueError(f"CIFAR folder {parent / tv_class.base_folder} cannot be read ({reason}).") from None
+        raise UserError(f"CIFAR folder {parent / tv_class.base_folder} cannot be read ({reason}).") from None
     images = np.ascontiguousarray(data.data)
     return np.asarray(data.targets, dtype=np.int64), _all_kept(images), list(data.classes)
 
@@ -132,7 +133,7 @@ def read_npz(path: Path, split: str) -> dict[str, np.ndarray]:
             holds pickled objects (never loaded: unpickling runs arbitrary code).
     """
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a readable .npz archive (it is truncated, damaged or another kind of file).")
+        raise UserError(f"{path} is not a readable .npz archive (it is truncated, damaged or another kind of file).")
     arrays = {}
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -144,13 +145,13 @@ def read_npz(path: Path, split: str) -> dict[str, np.ndarray]:
                         raise _Pickled(key) from None
                     raise
     except _Pickled as pickled:
-        raise ValueError(
+        raise UserError(
             f"{path} holds pickled Python objects (array {pickled.args[0]}), which ltcl does not load; "
             f"store the images, labels and class names as plain numeric or string arrays."
         ) from None
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error, ValueError, KeyError) as err:
         reason = type(err).__name__ if "pickle" in str(err).lower() else str(err)  # numpy's advice never reaches users
-        raise ValueError(f"{path} is damaged and cannot be read ({reason}).") from None
+        raise UserError(f"{path} is damaged and cannot be read ({reason}).") from None
     return arrays
 
 
@@ -162,26 +163,26 @@ def _npz_source(path: Path, split: str, official: list[str], skip_corrupt: bool)
     arrays = read_npz(path, split)
     keys = set(arrays)
     if f"y_{split}" not in keys:
-        raise ValueError(f"{path} has no array y_{split}; expected x_/y_ or jpeg_/offsets_/y_ arrays per split.")
+        raise UserError(f"{path} has no array y_{split}; expected x_/y_ or jpeg_/offsets_/y_ arrays per split.")
     labels = arrays[f"y_{split}"].astype(np.int64)
     names = [str(n) for n in arrays["class_names"]] if "class_names" in keys else list(official)
     if len(names) != len(official):
-        raise ValueError(f"{path}: class_names holds {len(names)} names; expected {len(official)}.")
+        raise UserError(f"{path}: class_names holds {len(names)} names; expected {len(official)}.")
     if f"x_{split}" in keys:
         images = arrays[f"x_{split}"]
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels):
-            raise ValueError(f"{path}: x_{split} must be uint8 (N, H, W, 3) with one image per label in y_{split}.")
+            raise UserError(f"{path}: x_{split} must be uint8 (N, H, W, 3) with one image per label in y_{split}.")
         return labels, _all_kept(images), names
     if {f"jpeg_{split}", f"offsets_{split}"} <= keys:
         blob, offsets = arrays[f"jpeg_{split}"], arrays[f"offsets_{split}"].astype(np.int64)
         if len(offsets) != len(labels) + 1:
-            raise ValueError(f"{path}: offsets_{split} must hold one more entry than y_{split} has labels.")
+            raise UserError(f"{path}: offsets_{split} must hold one more entry than y_{split} has labels.")
         if (
             blob.dtype != np.uint8
             or blob.ndim != 1
             or (len(offsets) and not 0 <= offsets.min() <= offsets.max() <= len(blob))
         ):
-            raise ValueError(f"{path}: jpeg_{split} must be 1-D uint8 and offsets_{split} must lie inside it.")
+            raise UserError(f"{path}: jpeg_{split} must be 1-D uint8 and offsets_{split} must lie inside it.")
 
         def where(i: int) -> str:
             label = labels[i]
@@ -189,7 +190,7 @@ def _npz_source(path: Path, split: str, official: list[str], skip_corrupt: bool)
             return f"packed image {i} ({split}, {name}) of {path}"
 
         return labels, lambda idx: _decode_packed(blob, offsets, idx, where, skip_corrupt, path), names
-    raise ValueError(f"{path} has neither x_{split} nor jpeg_{split} with offsets_{split}; found {sorted(keys)}.")
+    raise UserError(f"{path} has neither x_{split} nor jpeg_{split} with offsets_{split}; found {sorted(keys)}.")
 
 
 def _decode_packed(
@@ -214,7 +215,7 @@ def _decode_packed(
     reasons = [r for r in results if isinstance(r, str)]
     problems = [(where(i), f"cannot be decoded ({r})") for i, r in zip(np.asarray(indices)[~kept].tolist(), reasons)]
     if problems and not skip:
-        raise ValueError(f"{problems[0][0]} {problems[0][1]}; set data.skip_corrupt=true to leave such images out.")
+        raise UserError(f"{problems[0][0]} {problems[0][1]}; set data.skip_corrupt=true to leave such images out.")
     if problems:
         shown = "; ".join(p for p, _ in problems[:10]) + ("; ..." if len(problems) > 10 else "")
         warnings.warn(
@@ -228,6 +229,4 @@ def _decode_packed(
     try:
         return np.stack(images), kept, problems
     except ValueError:  # numpy's text names no file
-        raise ValueError(
-            f"The packed images of {path} differ in size; expected one height and width for all."
-        ) from None
+        raise UserError(f"The packed images of {path} differ in size; expected one height and width for all.") from None

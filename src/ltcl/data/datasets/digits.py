@@ -17,6 +17,7 @@ import torch
 from ltcl.config import DataConfig
 from ltcl.data.datasets.base import ArrayDataset
 from ltcl.data.longtail import longtail_counts, select_longtail_split
+from ltcl.errors import UserError
 
 DIGITS_TEST_PER_CLASS = 50
 DIGITS_CLASSES = [str(c) for c in range(10)]
@@ -65,7 +66,7 @@ def build_digits(
         return None
     names = DIGITS_CLASSES if class_names is None else list(class_names)
     if len(names) != 10:
-        raise ValueError(f"The digits have 10 classes but the given class names number {len(names)}.")
+        raise UserError(f"The digits have 10 classes but the given class names number {len(names)}.")
     images, labels, test = digits_arrays()
     if split == "test":
         indices = np.flatnonzero(test)
@@ -76,7 +77,7 @@ def build_digits(
         train, val = select_longtail_split(labels[pool], counts, cfg.subset_seed, cfg.val_per_class)
         indices = pool[train if split == "train" else val]
         if split == "val" and not len(indices):
-            raise ValueError(
+            raise UserError(
                 f"data.val_per_class={cfg.val_per_class} takes validation images from the digits training images "
                 f"that the long-tailed subset leaves unused, and data.imbalance_factor={cfg.imbalance_factor:g} "
                 f"leaves none."

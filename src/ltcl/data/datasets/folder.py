@@ -17,6 +17,7 @@ import numpy as np
 from ltcl.config import DataConfig
 from ltcl.data.datasets.base import IMAGE_EXTENSIONS, FileListDataset, existing_root
 from ltcl.data.longtail import longtail_counts_by_size, select_longtail_indices
+from ltcl.errors import UserError
 
 EVAL_SPLITS = ("test", "val")
 
@@ -44,9 +45,9 @@ def build_image_folder(
             raise FileNotFoundError(f"{train_dir} does not exist; expected {root}/train/<class>/<image files>.")
         classes, known = _subfolders(train_dir), f"the class folders of {train_dir}"
         if not classes:
-            raise ValueError(f"{train_dir} holds no class folders; expected {root}/train/<class>/<image files>.")
+            raise UserError(f"{train_dir} holds no class folders; expected {root}/train/<class>/<image files>.")
     if not any((root / s).is_dir() for s in EVAL_SPLITS):
-        raise ValueError(
+        raise UserError(
             f"{root} holds neither test/ nor val/; an image_folder dataset needs an evaluation split, "
             f"{root}/test/<class>/<image files> (or val/)."
         )
@@ -57,12 +58,12 @@ def build_image_folder(
         raise FileNotFoundError(f"{folder} does not exist; expected {folder}/<class>/<image files>.")
     unknown = sorted(set(_subfolders(folder)) - set(classes))
     if unknown:
-        raise ValueError(f"{folder / unknown[0]} names a class that is not among {known}.")
+        raise UserError(f"{folder / unknown[0]} names a class that is not among {known}.")
     files = [_images(folder / name) for name in classes]  # one listing per class
     if split == "train":
         empty = [name for name, found in zip(classes, files) if not found]
         if empty:
-            raise ValueError(
+            raise UserError(
                 f"{folder / empty[0]} holds no images (expected {', '.join(IMAGE_EXTENSIONS)} files); "
                 f"every training class needs at least one."
             )

@@ -11,6 +11,7 @@ import numpy as np
 
 from ltcl.config import DataConfig
 from ltcl.data.datasets.base import FileListDataset, existing_root
+from ltcl.errors import UserError
 
 LIST_NUM_CLASSES = {"imagenet_lt": 1000, "places_lt": 365, "inat2018": 8142}
 
@@ -18,7 +19,7 @@ LIST_NUM_CLASSES = {"imagenet_lt": 1000, "places_lt": 365, "inat2018": 8142}
 def read_split_list(path: str | Path, key: str, num_classes: int) -> tuple[list[str], np.ndarray]:
     """Relative paths and labels (N,) of a split file; ``key`` (``data.train_list``...) names it in errors."""
     if not str(path):
-        raise ValueError(f"{key} is empty; expected a split file with '<image path> <label>' lines.")
+        raise UserError(f"{key} is empty; expected a split file with '<image path> <label>' lines.")
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"Split list {path} ({key}) does not exist.")
@@ -34,9 +35,9 @@ def read_split_list(path: str | Path, key: str, num_classes: int) -> tuple[list[
             except ValueError:
                 label = None
             if label is None:
-                raise ValueError(f"{path}, line {number}: expected '<image path> <integer label>', got {text!r}.")
+                raise UserError(f"{path}, line {number}: expected '<image path> <integer label>', got {text!r}.")
             if not 0 <= label < num_classes:
-                raise ValueError(
+                raise UserError(
                     f"{path}, line {number}: label {label} is outside [0, {num_classes}); "
                     f"labels must be >= 0 and below data.num_classes."
                 )
@@ -67,7 +68,7 @@ def build_split_list(
         return None
     num_classes = cfg.num_classes or LIST_NUM_CLASSES[cfg.dataset]
     if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(
+        raise UserError(
             f"data.num_classes is {num_classes} but the given class names number {len(class_names)}; "
             f"expected one name per class."
         )

@@ -1,9 +1,15 @@
-"""What a pretrained backbone expects of its input images: side length and normalisation."""
+"""What a pretrained backbone expects of its input images: side length and normalisation.
+
+The backbone registry (:mod:`ltcl.models.registry`) gives one per pretrained backbone; the view pipeline
+(:func:`ltcl.data.augment.resolve_views`) fills in the sizes and statistics that a config leaves to the model.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from ltcl.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ def make_input_spec(size: int | Sequence[int], mean: Sequence[float], std: Seque
     sides = [int(size)] if isinstance(size, (int, float)) else [int(s) for s in size][-2:]
     channels = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
     if len(set(sides)) != 1 or sides[0] <= 0 or any(len(c) != 3 for c in channels):
-        raise ValueError(
+        raise UserError(
             f"{source} gives input size {size}, mean {mean} and std {std}; ltcl needs a square RGB input "
             "(one positive side, three means and three stds)."
         )

@@ -1,0 +1,81 @@
+"""``ltcl methods``: every registered method, backbone family and fine-tuning mode, with its paper and section."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+
+def registered(plugins: list[str]) -> dict[str, list[dict]]:
+    """What the registries hold (built-in and from ``plugins``), as plain data."""
+    from ltcl.methods import OBJECTIVES
+    from ltcl.models import BACKBONES, FINETUNE_MODES
+    from ltcl.plugins import load_plugins
+
+    load_plugins(plugins)
+    methods = []
+    for name, cls in OBJECTIVES.items():
+        section = None
+        if cls.Section is not None:
+            section = {f.name: _default(f) for f in dataclasses.fields(cls.Section)}
+        methods.append(
+            {
+                "name": name,
+                "role": cls.role,
+                "paper": cls.paper,
+                "section": cls.config_section() if section else None,
+                "defaults": section,
+            }  # fmt: skip
+        )
+    backbones = [
+        {"family": name, "names": list(f.names) or [f"{f.prefix}<name>"], "paper": f.paper}
+        for name, f in BACKBONES.items()
+    ]
+    modes = [
+        {"name": name + (f":{m.argument.split()[-1]}" if m.argument else ""), "paper": m.paper}
+        for name, m in FINETUNE_MODES.items()
+    ]
+    return {"methods": methods, "backbones": backbones, "finetune": modes}
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def format_registered(info: dict[str, list[dict]]) -> str:
+    lines = ["methods (loss.objective; CLS+CON joins a classification loss and a contrastive term, e.g. bs+acl):"]
+    width = max(len(m["name"]) for m in info["methods"])
+    for role in ("objective", "classification", "contrastive"):
+        for m in sorted((m for m in info["methods"] if m["role"] == role), key=lambda m: m["name"]):
+            section = ""
+            if m["section"]:
+                values = ", ".join(f"{k}={v}" for k, v in m["defaults"].items())
+                section = f"\n  {'':<{width}}  loss.{m['section']}: {values}"
+            lines.append(f"  {m['name']:<{width}}  {role:<14}  {m['paper']}{section}")
+    lines.append("backbone families (model.backbone):")
+    for b in info["backbones"]:
+        lines.append(f"  {b['family']}: {', '.join(b['names'])} ({b['paper']})")
+    lines.append("fine-tuning modes (model.finetune):")
+    for m in info["finetune"]:
+        lines.append(f"  {m['name']}: {m['paper']}")
+    return "\n".join(lines)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    info = registered(args.plugin)
+    print(json.dumps(info) if args.json else format_registered(info))
+    return 0
+
+
+def register(commands) -> None:
+    p = commands.add_parser(
+        "methods",
+        help="list the registered methods, backbone families and fine-tuning modes",
+        description="List every registered training method (loss.objective) with its role, paper and config "
+        "section, the backbone families (model.backbone) and the fine-tuning modes (model.finetune). "
+        "--plugin adds the methods of your own files.",
+    )
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="a plugin file (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_methods)

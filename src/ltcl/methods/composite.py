@@ -1,0 +1,64 @@
+"""A classification loss alone, or joined by a contrastive term (Eq. 10): the objective of ``bs``, ``bs+acl``, ...
+
+``loss = cls_weight * classification(all views) + alpha * contrastive(contrastive views)``. The parts are
+registered methods of roles ``classification`` and ``contrastive``; their own statistics pass through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
+
+
+class ClassifyAndContrast(Objective):
+    """Joins a classification part and, optionally, a contrastive part.
+
+    Args:
+        setup: the shared setup (``loss.cls_weight``, ``loss.alpha``).
+        parts: the built classification part, then the contrastive part if any.
+
+    The parts are the submodules ``classification`` and ``contrastive``, which name their state in checkpoints.
+    """
+
+    def __init__(self, setup: ObjectiveSetup, parts: Sequence[Objective]) -> None:
+        super().__init__(setup)
+        self.classification = parts[0]
+        self.contrastive: Objective | None = parts[1] if len(parts) > 1 else None
+        self.name = "+".join(p.name for p in parts)
+        self.cls_weight = float(setup.loss.cls_weight)
+        self.alpha = float(setup.loss.alpha)
+        own = ("loss_cls", "loss_con") if self.contrastive is not None else ("loss_cls",)
+        self.stat_names = own + tuple(n for p in parts for n in p.stat_names)
+        self.needs_projections = any(p.needs_projections for p in parts)  # type: ignore[misc]
+        self.needs_features = any(p.needs_features for p in parts)  # type: ignore[misc]
+
+    def forward(self, step: StepRecord) -> LossOutput:
+        cls = self.classification(step)
+        parts: dict[str, Tensor] = {"loss_cls": cls.loss.detach(), **cls.parts}
+        total = cls.loss if self.cls_weight == 1.0 else self.cls_weight * cls.loss
+        if self.contrastive is None:
+            return LossOutput(total, parts)
+        con = self.contrastive(step)
+        parts |= {"loss_con": con.loss.detach(), **con.parts}
+        return LossOutput(total + self.alpha * con.loss, parts)
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self._parts():
+            part.set_epoch(epoch)
+
+    def after_step(self, step: StepRecord) -> None:
+        for part in self._parts():
+            part.after_step(step)
+
+    def describe(self) -> str:
+        weights = [] if self.cls_weight == 1.0 else [f"classification weight {self.cls_weight}"]
+        if self.contrastive is not None:
+            weights.append(f"alpha {self.alpha}")
+        described = [p.describe() for p in self._parts() if p.describe() != p.name]
+        return ", ".join([self.name, *weights, *described])
+
+    def _parts(self) -> list[Objective]:
+        return [self.classification] + ([self.contrastive] if self.contrastive is not None else [])
