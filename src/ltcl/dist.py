@@ -1,7 +1,8 @@
 """Distributed primitives on the ground floor: losses, data and engine all import them (this imports no ltcl).
 
-Every function is a no-op for a single process. Gathering with gradient (docs/conventions.md, "Engineering rules"): a plain
-``all_gather`` cuts the graph, so the other ranks' rows arrive as constants and their gradients never go back.
+Every function is a no-op for a single process. Gathering with gradient (docs/conventions.md, "Engineering
+rules"): a plain ``all_gather`` cuts the graph, so the other ranks' rows arrive as constants and their gradients
+never go back.
 :class:`_GatherWithGradient` all-gathers in the forward pass and, in the backward pass, sums every rank's gradient
 for each row and hands each rank the gradient of its own rows. (The deprecated
 ``torch.distributed.nn.functional.all_gather`` does the same but was seen to abort processes at teardown.)

@@ -1,7 +1,7 @@
 """Evaluation: predictions, per-class accuracy, and Many / Medium / Few / All in percent.
 
-Under torch.distributed every process evaluates a disjoint shard (no padded duplicates: docs/conventions.md, "Engineering rules")
-and the per-class counts of correct and seen images are summed over processes.
+Under torch.distributed every process evaluates a disjoint shard (no padded duplicates: docs/conventions.md,
+"Engineering rules") and the per-class counts of correct and seen images are summed over processes.
 """
 
 from __future__ import annotations

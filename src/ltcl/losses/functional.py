@@ -1,8 +1,8 @@
 """The paper's losses as pure functions on tensors (no state, no distributed code).
 
-Notation (docs/conventions.md, "Notation and the losses"): ``z_i`` an L2-normalised projection, one row per view; ``s_ik = z_i . z_k / tau``;
-``y_i`` its label; ``C`` the number of classes. Every function computes in at least float32, also when its inputs
-are bf16/fp16 under autocast, and never loops over samples in Python.
+Notation (docs/conventions.md, "Notation and the losses"): ``z_i`` an L2-normalised projection, one row per view;
+``s_ik = z_i . z_k / tau``; ``y_i`` its label; ``C`` the number of classes. Every function computes in at least
+float32, also when its inputs are bf16/fp16 under autocast, and never loops over samples in Python.
 """
 
 from __future__ import annotations

@@ -194,9 +194,7 @@ class GPaCoLoss(nn.Module):
         counts = check_class_counts(class_counts)
         _check_weights(alpha, beta, gamma, temperature)
         self.num_classes = counts.numel()
-        self.weights = GPaCoWeights(
-            float(alpha), float(beta), float(gamma), float(temperature)
-        )
+        self.weights = GPaCoWeights(float(alpha), float(beta), float(gamma), float(temperature))
         self.gather_distributed = bool(gather_distributed)
         # float64: exact for float64 inputs; cast per forward to the compute dtype (C numbers).
         self.register_buffer("log_prior", (counts / counts.sum()).log())

@@ -1,4 +1,5 @@
-"""Augmentation presets (docs/conventions.md, "Recipes"): one recipe table, a PIL pipeline and a batched device pipeline.
+"""Augmentation presets (docs/conventions.md, "Recipes"): one recipe table, a PIL pipeline and a batched device
+pipeline.
 
 - ``recipes``: ``RECIPES``, one :class:`ViewRecipe` per preset, the only place the recipes' numbers live.
 - ``resolve``: normalisation statistics, the Cutout fill, and :func:`resolve_views` for model-defined inputs.

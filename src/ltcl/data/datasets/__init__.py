@@ -35,7 +35,6 @@ from ltcl.data.datasets.cifar import CIFAR, CIFAR10_CLASSES, CIFAR100_CLASSES, b
 from ltcl.data.datasets.digits import DIGITS_TEST_PER_CLASS, build_digits, digits_arrays
 from ltcl.data.datasets.folder import build_image_folder
 from ltcl.data.datasets.split_list import LIST_NUM_CLASSES, build_split_list, class_names_from_paths, read_split_list
-from ltcl.data.longtail import PROFILES
 from ltcl.errors import UserError
 
 __all__ = [
