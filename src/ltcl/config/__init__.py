@@ -8,15 +8,7 @@ of that run: nothing that changes a result is hidden in code.
 
 from ltcl.config.checks import ConfigError, validate
 from ltcl.config.diff import changed_keys, describe_changes, flatten
-from ltcl.config.parse import (
-    apply_override,
-    from_dict,
-    load_config,
-    migrate_renamed_keys,
-    save_config,
-    to_dict,
-    unknown_key,
-)
+from ltcl.config.parse import apply_override, load_config, save_config
 from ltcl.config.schema import (
     Config,
     DataConfig,
@@ -26,6 +18,7 @@ from ltcl.config.schema import (
     TrainConfig,
     ViewsConfig,
 )
+from ltcl.config.values import from_dict, migrate_renamed_keys, to_dict, unknown_key
 
 __all__ = [
     "Config",
