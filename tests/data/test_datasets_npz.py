@@ -3,6 +3,7 @@ sentence naming the file, never numpy's ``allow_pickle`` advice; ``data.skip_cor
 
 import dataclasses
 import io
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -138,13 +139,9 @@ def test_a_corrupt_packed_image_is_named_by_index_split_and_class(tmp_path, dama
 def test_skip_corrupt_drops_undecodable_packed_images(tmp_path):
     path = tmp_path / "bad.npz"
     labels, reference = _packed(path, {7: b"junk", 11: b"more junk"})  # bird, cat
-    with pytest.warns(UserWarning) as warned:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw warning: the run prints one line per image left out
         test = build_split(cfg(path, skip_corrupt=True), "test")
-    assert len(warned) == 1
-    assert str(warned[0].message) == (
-        f"Skipped 2 of 30 packed images of {path} that cannot be decoded (data.skip_corrupt): "
-        f"packed image 7 (test, bird) of {path}; packed image 11 (test, cat) of {path}."
-    )
     kept = np.setdiff1d(np.arange(30), [7, 11])
     assert isinstance(test, ArrayDataset) and len(test) == 28
     np.testing.assert_array_equal(test.images, reference[kept])
@@ -158,6 +155,5 @@ def test_skip_corrupt_drops_undecodable_packed_images(tmp_path):
         r.startswith("cannot be decoded (") and r.endswith("; left out (data.skip_corrupt)") for _, r in problems
     )
     # Training: the long-tailed subset is drawn first, then its undecodable images are dropped.
-    with pytest.warns(UserWarning, match="Skipped 2 of 30 packed images"):
-        train = build_split(cfg(path, skip_corrupt=True), "train")
+    train = build_split(cfg(path, skip_corrupt=True), "train")
     assert train.class_counts() == [3, 3, 2, 2, 3, 3, 3, 3, 3, 3]

@@ -9,6 +9,7 @@ what was expected.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,29 @@ def apply_override(values: dict[str, Any], text: str) -> dict[str, Any]:
     return values
 
 
+# Datasets that read a user's own images or split lists: used as given unless the user asks for a subset.
+AS_GIVEN_DATASETS = ("image_folder", "imagenet_lt", "places_lt", "inat2018")
+
+
+def _keep_user_data_as_given(values: dict[str, Any], path: str | Path | None, overrides: typing.Sequence[str]) -> None:
+    """An ``imbalance_factor`` that a ``base:`` file set does not subsample a user's own folder or split lists: only
+    the file given with -c or a ``--set`` may ask for a long-tailed subset of them (a note says so)."""
+    data = values.get("data") or {}
+    factor = data.get("imbalance_factor", 1)
+    if data.get("dataset") not in AS_GIVEN_DATASETS or factor in (1, 1.0, None):
+        return
+    own = (yaml.safe_load(Path(path).read_text()) or {}) if path is not None else {}
+    asked = "imbalance_factor" in ((own.get("data") if isinstance(own, dict) else None) or {})
+    asked = asked or any(o.split("=", 1)[0].strip() == "data.imbalance_factor" for o in overrides)
+    if not asked:
+        data["imbalance_factor"] = 1.0
+        print(
+            f"note: data.imbalance_factor {factor} comes from a base: file; {data['dataset']} data is used as given "
+            "(set data.imbalance_factor in your own config or with --set to subsample it)",
+            file=sys.stderr,
+        )
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Reads a YAML config (or the defaults when ``path`` is None), applies ``--set`` overrides and checks the
     values (:func:`ltcl.config.checks.validate`).
@@ -154,6 +178,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         values.setdefault("name", Path(path).stem)
     for text in overrides:
         apply_override(values, text)
+    _keep_user_data_as_given(values, path, overrides)
     if path is not None and "dataset" not in (values.get("data") or {}):
         raise ConfigError(
             f"Config file {path} names no dataset (data.dataset, in the file, its base: files or --set): start "

@@ -119,3 +119,22 @@ def format_description(info: dict[str, Any]) -> str:
         + f" ({info['contrastive_mode']})",
     ]
     return "\n".join(lines)
+
+
+def data_notes(data: DataBundle) -> list[str]:
+    """What a reader of the run must know about its data: images left out as unreadable (one line each, then the
+    count, ``data.skip_corrupt``) and classes absent from an evaluation split (their accuracy is n/a there)."""
+    notes = []
+    for split, dataset in (("train", data.train), ("val", data.val), ("test", data.test)):
+        problems = getattr(dataset, "problems", None) or []
+        notes += [f"left out of {split}: {where}: {reason}" for where, reason in problems]
+        if problems:
+            notes.append(f"{len(problems)} unreadable image(s) left out of {split} (data.skip_corrupt)")
+    for split, dataset in (("val", data.val), ("test", data.test)):
+        if dataset is None:
+            continue
+        missing = [data.class_names[j] for j, n in enumerate(dataset.class_counts()) if n == 0]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            notes.append(f"{len(missing)} class(es) have no {split} images ({shown}): their {split} accuracy is n/a")
+    return notes

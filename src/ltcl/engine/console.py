@@ -49,8 +49,18 @@ def header(
         f"  optim  SGD lr {o.lr} ({schedule}), {o.epochs} epochs x {steps_per_epoch} steps, batch "
         f"{cfg.data.batch_size}, weight decay {o.weight_decay}",
         f"  run    seed {cfg.train.seed}, amp {amp[0]} ({amp[1]}), {processes}",
+        f"  eval   {evaluation_plan(cfg, data)}",
     ]
     return "\n".join(lines)
+
+
+def evaluation_plan(cfg: Config, data: DataBundle) -> str:
+    """When each split is scored: the validation split during training (it picks the best checkpoint), the test
+    set once, at the end."""
+    test = "test set scored once, at the end" if data.test is not None else "no test split"
+    if data.val is None:
+        return f"no validation split: no checkpoint selection, nothing scored while training; {test}"
+    return f"val every {cfg.train.eval_every} epoch(s), best-on-val checkpoint kept; {test}"
 
 
 def epoch_summary(row: dict, epochs: int, stat_names: tuple[str, ...] = ()) -> str:

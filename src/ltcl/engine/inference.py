@@ -81,11 +81,20 @@ def evaluation_split(trained: TrainedModel, split: str):
     transform = build_test_transform(model_views(cfg))
     dataset = build_split(cfg.data, split, transform, class_names=trained.class_names)
     if dataset is None:
-        raise UserError(
-            f"Dataset {cfg.data.dataset} has no '{split}' split here (set data.{split}_list, "
-            f"data.val_per_class or a {split}/ folder, or use the other --split)."
-        )
+        raise UserError(f"Dataset {cfg.data.dataset} has no '{split}' split here: {missing_split_hint(cfg, split)}.")
     return dataset
+
+
+def missing_split_hint(cfg: Config, split: str) -> str:
+    """How this dataset gets the missing split (each dataset takes its splits from a different place)."""
+    other = "test" if split == "val" else "val"
+    if cfg.data.dataset == "image_folder":
+        how = f"add a {split}/ folder of class folders under data.root"
+    elif cfg.data.dataset in ("imagenet_lt", "places_lt", "inat2018"):
+        how = f"set data.{split}_list to a split list"
+    else:  # CIFAR and the digits take validation images from the unused training images; their test set is fixed
+        how = "set data.val_per_class to N images per class"
+    return f"{how}, or use --split {other}"
 
 
 def evaluate_split(trained: TrainedModel, split: str) -> EvalResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ltcl import __version__
@@ -47,8 +48,14 @@ def final_report(
     test_loader,
     last_eval: tuple[str, EvalResult] | None,
     timing: dict,
+    started: float,
 ) -> tuple[EvalResult | None, EvalResult | None, int | None]:
-    """Evaluates the final models, prints the table and writes results.json and report.md (rank 0).
+    """Evaluates the final models, prints the table and the time taken, and writes results.json and report.md
+    (rank 0).
+
+    Args:
+        timing: ``epochs_run`` and ``train_seconds`` of this session; the wall time (``time.perf_counter()`` since
+            ``started``, start-up and the final evaluation included) is added here.
 
     Returns:
         (last-epoch test result or None without a test split, best-on-validation result on val or None, its epoch).
@@ -83,11 +90,13 @@ def final_report(
         rows[f"val (best on val, epoch {best_epoch})"] = best_val
         if best_test is not None:
             rows[f"test (best on val, epoch {best_epoch})"] = best_test
+    timing = {**timing, "wall_seconds": time.perf_counter() - started}
     if state.ctx.is_main:
         print(
             f"\nFinal accuracy (%), shot groups by training count: many > {cfg.data.many_threshold}, "
             f"few < {cfg.data.few_threshold}\n{format_table(rows)}"
         )
+        print(timing_line(timing))
         results = {
             "name": cfg.name,
             "test": None if test is None else test.as_dict(),
@@ -105,6 +114,14 @@ def final_report(
         run_dir.write_results(results)
         run_dir.write_report(report_text(cfg, data, rows, test, results["code_revision"], state.objective.describe()))
     return test, best_val, best_epoch
+
+
+def timing_line(timing: dict) -> str:
+    """This session's time: the epochs it trained, and the wall time from start-up to the final table."""
+    epochs, seconds = timing["epochs_run"], timing["train_seconds"]
+    trained = f"trained {epochs} epoch(s) in {seconds:.1f} s ({seconds / epochs:.1f} s per epoch)" if epochs else ""
+    wall = f"{timing['wall_seconds']:.1f} s wall from start-up to this table (data, model, evaluation included)"
+    return f"{trained}; {wall}" if trained else wall
 
 
 def report_text(

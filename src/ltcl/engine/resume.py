@@ -86,6 +86,7 @@ def plan_resume(
     """
     path = Path(path)
     checkpoint = load_checkpoint(path)
+    check_resumable(path, checkpoint)
     if config is not None:
         new = to_dict(resolve_config(load_config(config, overrides)))
     else:
@@ -107,14 +108,41 @@ def plan_resume(
     record = {
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": str(path.resolve()),
-        "epoch": checkpoint["epoch"],
-        "batch": checkpoint["batch"],
+        "epoch": checkpoint["epoch"] + 1,  # the epoch training continues in, 1-based as in metrics.csv
+        "batch": checkpoint["batch"],  # batches of that epoch done before the interrupt
         "global_step": checkpoint["global_step"],
         "changed": {k: list(v) for k, v in changes.items()},
         "extended_epochs": extended,
         "command": " ".join(sys.argv),
     }
     return ResumePlan(cfg, checkpoint, path, run_dir, record)
+
+
+def check_resumable(path: Path, checkpoint: dict[str, Any]) -> None:
+    """A resume continues a run from its last state, inside its own run directory.
+
+    Raises:
+        UserError: the checkpoint is not in a run directory (a copy: resuming it would write a run's records into
+            another folder), or it is not the run's last state (checkpoint_best.pt: resuming it would train the
+            later epochs again and overwrite the run's records).
+    """
+    run_dir = RunDir(path.resolve().parent)
+    if not (run_dir / RunDir.CONFIG).is_file():
+        raise UserError(
+            f"{path} is not inside its run directory (no {RunDir.CONFIG} beside it): resume the checkpoint_last.pt "
+            "of the run's own directory, where its records are; a copy would start a second set of records."
+        )
+    last = run_dir.last_checkpoint
+    if path.resolve() != last.resolve():
+        if not last.is_file():
+            raise UserError(f"{path} is not a run's last state and its run has no {RunDir.LAST}; nothing to resume.")
+        saved = load_checkpoint(last)
+        where = f"epoch {saved['epoch']}, step {saved['global_step']}"
+        raise UserError(
+            f"{path} is not the run's last state ({last} is, at {where}): resuming from it would train later epochs "
+            f"again and overwrite the run's records; continue with --resume {last} (add --extend-epochs N to train "
+            "a finished run longer)."
+        )
 
 
 def resolved_values(values: dict[str, Any], *, with_plugins: bool = True) -> dict[str, Any]:

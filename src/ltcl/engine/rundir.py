@@ -126,10 +126,21 @@ class RunDir:
                     writer.writeheader()
                     writer.writerows(r for r in rows if int(r["epoch"]) <= epoch)
 
-    def remove_epoch_records(self) -> None:
-        """Rows of an attempt killed before its first checkpoint: the run starts again from nothing."""
-        for name in (self.METRICS, self.CONFLICTS):
-            (self.path / name).unlink(missing_ok=True)
+    def clear_failed_attempt(self) -> list[str]:
+        """Removes the files of an attempt that stopped before its first checkpoint (a crash, a refused setting),
+        so that a new run in this directory starts from nothing; returns the names removed. Files ltcl does not
+        write are left alone."""
+        removed = []
+        for path in sorted(self.path.glob("events.out.tfevents.*")) + [
+            self.path / n for n in (self.CONFIG, self.CLASS_COUNTS, self.METRICS, self.CONFLICTS, self.RESUMES)
+        ]:
+            if path.is_file():
+                path.unlink()
+                removed.append(path.name)
+        if (self.path / self.PLUGINS).is_dir():
+            shutil.rmtree(self.path / self.PLUGINS)
+            removed.append(self.PLUGINS + "/")
+        return removed
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """Adds an epoch's row; the columns are those of the file's header once it exists."""

@@ -14,16 +14,19 @@ class TensorBoardLog:
     Args:
         run_dir: where the event files go (the run directory).
         enabled: ``train.tensorboard`` on the main process; otherwise every call does nothing.
+        first_epoch: the first epoch (1-based) this session logs; a resumed run purges the events of that epoch
+            and later ones left by the interrupted session, so the directory holds one stream without duplicates.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, first_epoch: int = 1) -> None:
         self.writer = None
         if not enabled:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir))
+            # A resumed run continues the same stream: events of the epochs it trains again are dropped.
+            self.writer = SummaryWriter(str(run_dir), purge_step=first_epoch if first_epoch > 1 else None)
         except ImportError:  # tensorboard is a declared dependency; a broken install must not stop training
             print("note: TensorBoard is not importable; continuing without event files.", file=sys.stderr)
 

@@ -9,18 +9,14 @@ stopped at any point and resumed from ``checkpoint_last.pt`` ends with the same 
 from __future__ import annotations
 
 import os
-import platform
-import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ltcl import __version__
 from ltcl.config import Config, to_dict, validate
-from ltcl.data.build import DataBundle, build_data
-from ltcl.data.datasets import resolve_data_paths
+from ltcl.data.build import DataBundle, build_data, data_notes
 from ltcl.dist import all_reduce_sum, barrier
 from ltcl.engine import checkpoint as ckpt
 from ltcl.engine.console import epoch_summary, header
@@ -30,17 +26,16 @@ from ltcl.engine.interrupts import InterruptGuard
 from ltcl.engine.loop import train_one_epoch
 from ltcl.engine.monitor import StepMonitor, show_progress_bar
 from ltcl.engine.recipe import build_train_state, eval_loader, loader_workers, model_views, train_loader
-from ltcl.engine.report import code_revision, final_report
+from ltcl.engine.report import final_report
 from ltcl.engine.resume import ResumePlan
 from ltcl.engine.rundir import RunDir
 from ltcl.engine.runtime import keep_freed_memory
 from ltcl.engine.schedule import learning_rate
+from ltcl.engine.startup import open_run_directory, run_directory, with_absolute_paths, with_recorded_plugins
 from ltcl.engine.state import EpochProgress, TrainState
 from ltcl.engine.tensorboard import TensorBoardLog
 from ltcl.errors import UserError
-from ltcl.methods import method_parts, resolve_config
-from ltcl.models import backbone_family
-from ltcl.plugins import defining_file
+from ltcl.methods import resolve_config
 
 
 @dataclass
@@ -70,81 +65,31 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def train(cfg: Config, *, resume: ResumePlan | None = None) -> TrainResult:
-    """Trains, evaluates and records one run; see the module docstring.
+    """Trains, evaluates and records one run; see the module docstring. The wall time it reports counts from here.
 
     Raises:
         ltcl.engine.interrupts.Interrupted: SIGINT or SIGTERM, after saving checkpoint_last.pt.
         ltcl.engine.monitor.NonFiniteLoss: a loss became NaN or inf (nothing was saved after it).
     """
+    started = time.perf_counter()
     validate(cfg)  # a config built in Python gets the loader's checks too
     cfg = resolve_config(cfg)  # the method's section typed and completed: the saved config holds every value
     ctx = init_distributed(cfg.train.device)
     if ctx.device.type == "cpu":
         keep_freed_memory()
     try:
-        result = _train(cfg, ctx, resume)
+        result = _train(cfg, ctx, resume, started)
         barrier()  # ranks leave together: none closes its connections while another is still using them
         return result
     finally:
         shutdown()
 
 
-def _run_directory(cfg: Config, resume: ResumePlan | None) -> RunDir:
-    if resume is not None:
-        return resume.run_dir
-    run_dir = RunDir.of(cfg)
-    if run_dir.holds_run():
-        raise UserError(
-            f"Run directory {run_dir} already holds a run; continue it with --resume "
-            f"{run_dir.last_checkpoint} or pick another train.run_name."
-        )
-    return run_dir
-
-
-def _run_facts(cfg: Config, ctx: DistributedContext) -> dict:
-    return {
-        "seed": cfg.train.seed,
-        "code_revision": code_revision(),
-        "ltcl_version": __version__,
-        "torch_version": str(torch.__version__),
-        "python": platform.python_version(),
-        "world_size": ctx.world_size,
-        "command": " ".join(sys.argv),
-    }
-
-
-def with_absolute_paths(cfg: Config) -> Config:
-    """The config with its data and weights paths absolute, so that the saved config and checkpoints work from any
-    working directory."""
-    weights = str(Path(cfg.model.weights).expanduser().resolve()) if cfg.model.weights else ""
-    plugins = [str(Path(p).expanduser().resolve()) for p in cfg.plugins]
-    return replace(cfg, plugins=plugins, data=resolve_data_paths(cfg.data), model=replace(cfg.model, weights=weights))
-
-
-def with_recorded_plugins(cfg: Config) -> tuple[Config, list[str]]:
-    """``cfg`` with the files of user-defined methods and backbones in ``plugins`` (a method imported in Python
-    rather than named with --plugin is recorded too, so that a resume or ``ltcl eval`` finds it), and notes for
-    definitions that cannot be recorded (the running script itself)."""
-    plugins, notes = list(cfg.plugins), []
-    owners = [*method_parts(cfg.loss.objective), backbone_family(cfg.model.backbone).build]
-    for owner in owners:
-        path = defining_file(owner)
-        if path == "__main__":
-            notes.append(
-                f"{getattr(owner, '__name__', owner)} is defined in the running script, so the run cannot record it: "
-                "a resume or ltcl eval will not find it (put it in a plugin file and pass --plugin)"
-            )
-        elif path is not None and path not in plugins:
-            plugins.append(path)
-    return replace(cfg, plugins=plugins), notes
-
-
-def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> TrainResult:
-    started = time.perf_counter()
+def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None, started: float) -> TrainResult:
     cfg = with_absolute_paths(cfg)
     cfg, plugin_notes = with_recorded_plugins(cfg)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    run_dir = _run_directory(cfg, resume)
+    run_dir = run_directory(cfg, resume)
     if resume is not None and resume.finished and run_dir.is_finished():
         if ctx.is_main:
             print(
@@ -172,14 +117,8 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> T
 
     # The run directory
     if ctx.is_main:
-        if resume is None:
-            facts = _run_facts(cfg, ctx) | {"parameters": {"trainable": params.trainable, "total": params.total}}
-            run_dir.write_config(cfg, facts)
-            run_dir.record_plugins(cfg.plugins)
-            run_dir.remove_epoch_records()
-        else:
-            run_dir.truncate_after(state.epoch)
-            run_dir.append_resume({**resume.record, "code_revision": code_revision()})
+        parameters = {"parameters": {"trainable": params.trainable, "total": params.total}}
+        plugin_notes += open_run_directory(run_dir, cfg, ctx, resume, parameters, state.epoch)
         run_dir.write_class_counts(data.train_counts, data.class_names, data.view_counts.tolist())
         workers, note = loader_workers(cfg.data.num_workers)
         feeding = "views augmented on the device" if cfg.data.augment_on == "device" else f"{workers} loader worker(s)"
@@ -205,19 +144,10 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None) -> T
                 + (f", extended to {cfg.optim.epochs} epochs" if resume.record["extended_epochs"] else "")
             )
 
+    seconds_before = state.progress.seconds  # training time of a resumed epoch spent before the interrupt
     history, last_eval = _epochs(state, data, sampler, loader, val_loader, test_loader, checkpointer, run_dir)
-    timing = {
-        "epochs_run": len(history),
-        "train_seconds": sum(r["epoch_seconds"] for r in history),
-        "wall_seconds": time.perf_counter() - started,
-    }
-    if ctx.is_main and history:
-        print(
-            f"\ntrained {len(history)} epoch(s) in {timing['train_seconds']:.1f} s "
-            f"({timing['train_seconds'] / len(history):.1f} s per epoch; {timing['wall_seconds']:.1f} s wall "
-            "including data set-up and evaluation)"
-        )
-    test, val, best_epoch = final_report(state, data, run_dir, val_loader, test_loader, last_eval, timing)
+    timing = {"epochs_run": len(history), "train_seconds": sum(r["epoch_seconds"] for r in history) - seconds_before}
+    test, val, best_epoch = final_report(state, data, run_dir, val_loader, test_loader, last_eval, timing, started)
     return TrainResult(run_dir.path, test, val, best_epoch, history)
 
 
@@ -228,7 +158,7 @@ def _epochs(
     cfg, ctx = state.cfg, state.ctx
     history: list[dict] = []
     last_eval = None
-    board = TensorBoardLog(run_dir.path, cfg.train.tensorboard and ctx.is_main)
+    board = TensorBoardLog(run_dir.path, cfg.train.tensorboard and ctx.is_main, first_epoch=state.epoch + 1)
     with InterruptGuard() as guard:
         monitor = StepMonitor(state, checkpointer, guard, show_progress_bar(cfg.train.progress, ctx.is_main))
         while state.epoch < cfg.optim.epochs:
@@ -243,12 +173,13 @@ def _epochs(
             row, conflicts = _epoch_row(state)
             state.epoch, state.batch = state.epoch + 1, 0
             state.progress = EpochProgress.empty(state.objective.stat_names, data.num_classes, ctx.device)
-            if state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.optim.epochs:
-                split, eval_loader_ = ("val", val_loader) if val_loader is not None else ("test", test_loader)
-                result = evaluate_run(cfg, state.model, eval_loader_, data.train_counts, ctx.device, state.amp)
-                row |= {"eval_split": split, **result.as_dict()}
-                last_eval = (split, result)
-                if split == "val" and (state.best is None or result.all > state.best["all"]):
+            # Only the validation split is scored while training: the test set is scored once, at the end.
+            due = state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.optim.epochs
+            if val_loader is not None and due:
+                result = evaluate_run(cfg, state.model, val_loader, data.train_counts, ctx.device, state.amp)
+                row |= {"eval_split": "val", **result.as_dict()}
+                last_eval = ("val", result)
+                if state.best is None or result.all > state.best["all"]:
                     state.best = {"all": result.all, "epoch": state.epoch}
                     checkpointer.save_best(state)
             checkpointer.save_last(state)
@@ -282,16 +213,3 @@ def _epoch_row(state: TrainState) -> tuple[dict, torch.Tensor | None]:
     if state.cfg.train.monitor_conflicts and state.objective.needs_projections:
         conflicts = all_reduce_sum(progress.conflicts.clone()).cpu()
     return row, conflicts
-
-
-def data_notes(data: DataBundle) -> list[str]:
-    """Classes absent from an evaluation split (their accuracy is n/a there)."""
-    notes = []
-    for split, dataset in (("val", data.val), ("test", data.test)):
-        if dataset is None:
-            continue
-        missing = [data.class_names[j] for j, n in enumerate(dataset.class_counts()) if n == 0]
-        if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            notes.append(f"{len(missing)} class(es) have no {split} images ({shown}): their {split} accuracy is n/a")
-    return notes

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -88,8 +87,8 @@ class FileListDataset(LabelledDataset):
 
     Construction checks that every file exists (threaded ``os.path.isfile``, about 0.3 s per 100,000 paths on
     a local disk) and raises one ValueError for missing ones; with ``skip_corrupt`` it instead opens and decodes
-    every image once and leaves out the missing and undecodable ones with a warning (``skipped``: their paths,
-    ``problems``: their reasons; ``decoded`` is then True).
+    every image once and leaves out the missing and undecodable ones (``skipped``: their paths, ``problems``: their
+    reasons, which the trainer and ``ltcl data`` print one line each; ``decoded`` is then True).
 
     Args:
         paths: image files, absolute or relative to the working directory.
@@ -127,11 +126,6 @@ class FileListDataset(LabelledDataset):
         if bad.any():
             self.skipped = self.paths[bad].tolist()
             self.problems = list(zip(self.skipped, reasons[bad].tolist()))
-            warnings.warn(
-                f"Skipped {bad.sum()} of {len(bad)} images of {self.source} that are missing or cannot be "
-                f"decoded (data.skip_corrupt), first: {', '.join(self.skipped[:5])}.",
-                stacklevel=3,
-            )
             self.paths, self.targets = self.paths[~bad], self.targets[~bad]
         if not len(self.paths):
             raise UserError(

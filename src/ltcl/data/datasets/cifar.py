@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -216,13 +215,6 @@ def _decode_packed(
     problems = [(where(i), f"cannot be decoded ({r})") for i, r in zip(np.asarray(indices)[~kept].tolist(), reasons)]
     if problems and not skip:
         raise UserError(f"{problems[0][0]} {problems[0][1]}; set data.skip_corrupt=true to leave such images out.")
-    if problems:
-        shown = "; ".join(p for p, _ in problems[:10]) + ("; ..." if len(problems) > 10 else "")
-        warnings.warn(
-            f"Skipped {len(problems)} of {len(results)} packed images of {path} that cannot be decoded "
-            f"(data.skip_corrupt): {shown}.",
-            stacklevel=4,
-        )
     images = [r for r in results if isinstance(r, np.ndarray)]
     if not images:
         return np.zeros((0, 32, 32, 3), dtype=np.uint8), kept, problems
