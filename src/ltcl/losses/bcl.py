@@ -153,8 +153,7 @@ class BalancedContrastiveLoss(nn.Module):
                 f"prototypes must have shape ({self.num_classes}, {features.shape[1]}), "
                 f"got {getattr(prototypes, 'shape', prototypes)}."
             )
-        if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
-            raise ValueError(f"labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}.")
+        check_labels(labels, features.shape[0], self.num_classes, sync=False)
         anchors = None
         if self.gather_distributed:
             features, labels, anchors = gather_rows(features, labels)

@@ -49,6 +49,7 @@ from ltcl.losses.validation import (
     anchor_rows,
     check_class_counts,
     check_features,
+    check_labels,
     check_logits,
     compute_dtype,
     zero_with_graph,
@@ -207,11 +208,9 @@ class GPaCoLoss(nn.Module):
             raise ValueError(f"features must be a 2-D tensor (N, D), got {getattr(features, 'shape', features)}.")
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must have shape (N, {self.num_classes}), got {getattr(logits, 'shape', logits)}.")
-        if labels.dim() != 1 or not (labels.shape[0] == features.shape[0] == logits.shape[0]):
-            raise ValueError(
-                f"features, labels and logits must have the same number of rows, got {features.shape[0]}, "
-                f"{tuple(labels.shape)} and {logits.shape[0]}."
-            )
+        if logits.shape[0] != features.shape[0]:
+            raise ValueError(f"logits have {logits.shape[0]} rows but features have {features.shape[0]}.")
+        check_labels(labels, features.shape[0], self.num_classes, sync=False)
         anchors = None
         if self.gather_distributed:
             features, labels, anchors = gather_rows(features, labels)

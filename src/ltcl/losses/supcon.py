@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from ltcl.dist import gather_rows, global_mean
 from ltcl.losses import functional as LF
+from ltcl.losses.validation import check_labels
 
 
 class SupConLoss(nn.Module):
@@ -34,10 +35,9 @@ class SupConLoss(nn.Module):
         return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        if features.dim() != 2 or labels.shape != features.shape[:1]:
-            raise ValueError(
-                f"expected features (N, D) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}."
-            )
+        if not isinstance(features, Tensor) or features.dim() != 2:
+            raise ValueError(f"features must be a 2-D tensor (N, D), got {getattr(features, 'shape', features)}.")
+        check_labels(labels, features.shape[0], None, sync=False)
         anchors = slice(0, features.shape[0])
         if self.gather_distributed:
             features, labels, anchors = gather_rows(features, labels)
