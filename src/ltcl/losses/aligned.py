@@ -49,8 +49,13 @@ class AlignedContrastiveLoss(nn.Module):
             all ranks. The returned value is the global-batch loss; its gradient is scaled so that DDP's average
             over ranks gives the parameters exactly the global-batch gradient (see ``gather.global_mean``).
 
-    Shapes:
-        forward(features (N, D) L2-normalised, labels (N,) int64) -> scalar.
+    Inputs of ``forward(features, labels)``:
+        features: (N, feature_dim) float projections, L2-normalised (the loss does not normalise them; the centres
+            are kept at unit length to match), all views as rows.
+        labels: (N,) int64 class indices in [0, C); they index the centres and the negative weights.
+
+    Returns a scalar, the mean over anchors with a positive term. Shapes and the labels' dtype are always checked,
+    the label range only on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(

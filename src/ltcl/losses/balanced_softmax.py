@@ -27,8 +27,12 @@ class BalancedSoftmaxLoss(nn.Module):
     Args:
         class_counts: (C,) training images per class (all positive).
 
-    Shapes:
-        forward(logits (N, C), labels (N,) int64) -> scalar mean over rows.
+    Inputs of ``forward(logits, labels)``:
+        logits: (N, C) float, the classifier's raw outputs (the loss adds ``log N_j``).
+        labels: (N,) int64 class indices in [0, C).
+
+    Returns the scalar mean over the N rows. Shapes and the labels' dtype are always checked, the label range only
+    on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(self, class_counts: Sequence[int] | Tensor) -> None:
@@ -49,6 +53,13 @@ class LogitAdjustedLoss(nn.Module):
     Args:
         class_counts: (C,) training images per class (all positive).
         tau: strength of the adjustment.
+
+    Inputs of ``forward(logits, labels)``:
+        logits: (N, C) float, the classifier's raw outputs (the loss adds ``tau * log prior_j``).
+        labels: (N,) int64 class indices in [0, C).
+
+    Returns the scalar mean over the N rows. Shapes and the labels' dtype are always checked, the label range only
+    on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(self, class_counts: Sequence[int] | Tensor, tau: float = 1.0) -> None:

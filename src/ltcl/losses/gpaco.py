@@ -176,9 +176,14 @@ class GPaCoLoss(nn.Module):
             the anchors, and the ``logits`` passed in, are this rank's rows. The value is the global-batch loss and
             its gradient is scaled for DDP's average (``ltcl.dist.global_mean``).
 
-    Shapes:
-        forward(features (N, D) L2-normalised, labels (N,) int64, logits (N, C)) -> scalar. Pass every view of
-        every image, with the logits of the same rows (GPaCo's code uses both views as anchors).
+    Inputs of ``forward(features, labels, logits)``:
+        features: (N, D) float projections, L2-normalised (the loss does not normalise them), all views as rows.
+        labels: (N,) int64 class indices in [0, C).
+        logits: (N, C) float raw classifier logits of the same rows (the loss adds the log prior). Pass every view
+            of every image, with its logits (GPaCo's code uses both views as anchors).
+
+    Returns a scalar, the mean over anchors with a positive term. Shapes and the labels' dtype are always checked,
+    the label range only on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(

@@ -118,8 +118,13 @@ class LDAMLoss(nn.Module):
     Buffers (in ``state_dict``): ``margins`` (C,), ``class_weights`` (C,) in use (ones until DRW),
     ``reweighting`` (bool scalar).
 
-    Shapes:
-        forward(logits (N, C) cosine logits, labels (N,) int64) -> scalar.
+    Inputs of ``forward(logits, labels)``:
+        logits: (N, C) float cosine logits in [-1, 1], normalised features times normalised classifier weights
+            (LDAM's ``NormedLinear``); the loss neither normalises nor checks them, and scales them by ``s``.
+        labels: (N,) int64 class indices in [0, C).
+
+    Returns a scalar, the (DRW-weighted) mean over the N rows. Shapes and the labels' dtype are always checked, the
+    label range only on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(

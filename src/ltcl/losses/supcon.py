@@ -20,8 +20,12 @@ class SupConLoss(nn.Module):
         temperature: tau > 0.
         gather_distributed: contrast against the global batch under torch.distributed (see AlignedContrastiveLoss).
 
-    Shapes:
-        forward(features (N, D) L2-normalised, labels (N,) int64) -> scalar.
+    Inputs of ``forward(features, labels)``:
+        features: (N, D) float projections, L2-normalised (the loss does not normalise them), all views as rows.
+        labels: (N,) int64 class indices, >= 0 (only compared with each other: SCL has no number of classes).
+
+    Returns a scalar, the mean over anchors with a positive. Shapes and the labels' dtype are always checked,
+    negative labels only on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(self, temperature: float = 0.05, *, gather_distributed: bool = False) -> None:
