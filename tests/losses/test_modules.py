@@ -144,7 +144,8 @@ def test_forward_rejects_features_of_another_dimension_and_labels_out_of_range()
     loss_fn = AlignedContrastiveLoss(COUNTS, 6)
     with pytest.raises(ValueError, match=r"features must have shape \(N, 6\), got \(4, 5\)"):
         loss_fn(torch.randn(4, 5), torch.tensor([0, 1, 2, 3]))
-    # Label values are validated where they enter (datasets, the functional API), not in the training step.
+    # Label values: on an accelerator the module leaves them to the datasets and the functional API (no host sync);
+    # tests/losses/test_inputs.py covers the module's dtype check and its range check on the CPU.
     features, labels = batch([0, 1, 2, 7])
     with pytest.raises(ValueError, match="labels must be < the number of classes 5, got 7"):
         LF.aligned_contrastive_loss(features, labels, temperature=0.1, centers=loss_fn.centers)

@@ -1,5 +1,21 @@
 """Losses for long-tailed recognition: ACL (Eq. 9), SCL (Eq. 1), Balanced Softmax, logit adjustment, and the
-paper's rivals in the same pipeline: GPaCo, BCL and LDAM-DRW."""
+paper's rivals in the same pipeline: GPaCo, BCL and LDAM-DRW.
+
+What every loss expects of its inputs:
+
+- ``features`` (the projections): (N, D) float, one row per view, L2-normalised. No loss normalises them; rows of
+  another length change every similarity ``z_i . z_k / tau`` and so the loss, without any error.
+- ``labels``: (N,) ``torch.int64`` class indices in [0, C), C the number of classes of the loss.
+- ``logits``: (N, C) float, the classifier's raw outputs of the same rows (cosines in [-1, 1] for LDAM).
+
+How much is checked. The functional API (``ltcl.losses.functional``, ``gpaco_loss``, ``ldam_loss``,
+``balanced_contrastive_loss``) checks everything, label range and finiteness included, on any device (a host
+synchronisation on an accelerator). The modules check what needs no synchronisation: shapes, the labels' dtype
+(a ``ValueError`` naming ``labels``, never a ``RuntimeError`` from inside torch), and the labels' range while they
+are on the CPU. On an accelerator a module does not read the labels' values, to keep the training step free of
+host syncs: there the training pipeline validates labels where they enter (the datasets), and the functional API
+is the place to check a batch of doubtful labels.
+"""
 
 from ltcl.losses import functional
 from ltcl.losses.aligned import AlignedContrastiveLoss, inverse_frequency_weights

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ltcl.dist import gather_rows, global_mean
 from ltcl.losses import functional as LF
 from ltcl.losses.aligned_function import aligned_contrastive_terms
+from ltcl.losses.validation import check_labels
 
 # How a negative of class j is weighted: inverse_frequency, w_j of :func:`inverse_frequency_weights`; none, 1.
 NEGATIVE_WEIGHTINGS = ("inverse_frequency", "none")
@@ -48,8 +49,13 @@ class AlignedContrastiveLoss(nn.Module):
             all ranks. The returned value is the global-batch loss; its gradient is scaled so that DDP's average
             over ranks gives the parameters exactly the global-batch gradient (see ``gather.global_mean``).
 
-    Shapes:
-        forward(features (N, D) L2-normalised, labels (N,) int64) -> scalar.
+    Inputs of ``forward(features, labels)``:
+        features: (N, feature_dim) float projections, L2-normalised (the loss does not normalise them; the centres
+            are kept at unit length to match), all views as rows.
+        labels: (N,) int64 class indices in [0, C); they index the centres and the negative weights.
+
+    Returns a scalar, the mean over anchors with a positive term. Shapes and the labels' dtype are always checked,
+    the label range only on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(
@@ -98,14 +104,13 @@ class AlignedContrastiveLoss(nn.Module):
         if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[1] != self.feature_dim:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
             raise ValueError(f"features must have shape (N, {self.feature_dim}), got {shape}.")
+        check_labels(labels, features.shape[0], self.num_classes, sync=False)
         if self.gather_distributed:
             features, labels, anchors = gather_rows(features, labels)
         else:
             anchors = slice(0, features.shape[0])
         weights = self.negative_weights if self.negative_weighting != "none" else None
         centers = None
-        if labels.shape != features.shape[:1]:
-            raise ValueError(f"labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}.")
         if self.use_centers:
             class_mean, present = self._class_means(features.detach(), labels)
             centers, known = self._centers_for_batch(class_mean, present)

@@ -1,7 +1,8 @@
 """The aligned contrastive loss (Eq. 9) per anchor, as an autograd function with its closed-form gradient.
 
 No input checks here: :func:`ltcl.losses.functional.aligned_contrastive_per_anchor` validates its inputs and
-``AlignedContrastiveLoss`` checks shapes only, so that the training step never waits for the host.
+``AlignedContrastiveLoss`` checks shapes, dtypes and (on the CPU) the label range, so that the training step never
+waits for the device.
 """
 
 from __future__ import annotations

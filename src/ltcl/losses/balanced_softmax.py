@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ltcl.losses import functional as LF
+from ltcl.losses.validation import check_labels
 
 
-def _check_logits_shape(logits: Tensor, labels: Tensor, num_classes: int) -> None:
-    if logits.dim() != 2 or logits.shape[1] != num_classes or labels.shape != logits.shape[:1]:
-        raise ValueError(
-            f"expected logits (N, {num_classes}) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}."
-        )
+def _check_inputs(logits: Tensor, labels: Tensor, num_classes: int) -> None:
+    """Shapes and dtypes, and the label range on the CPU: nothing that waits for the device."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] != num_classes:
+        raise ValueError(f"logits must have shape (N, {num_classes}), got {getattr(logits, 'shape', logits)}.")
+    check_labels(labels, logits.shape[0], num_classes, sync=False)
 
 
 class BalancedSoftmaxLoss(nn.Module):
@@ -26,8 +27,12 @@ class BalancedSoftmaxLoss(nn.Module):
     Args:
         class_counts: (C,) training images per class (all positive).
 
-    Shapes:
-        forward(logits (N, C), labels (N,) int64) -> scalar mean over rows.
+    Inputs of ``forward(logits, labels)``:
+        logits: (N, C) float, the classifier's raw outputs (the loss adds ``log N_j``).
+        labels: (N,) int64 class indices in [0, C).
+
+    Returns the scalar mean over the N rows. Shapes and the labels' dtype are always checked, the label range only
+    on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(self, class_counts: Sequence[int] | Tensor) -> None:
@@ -36,7 +41,7 @@ class BalancedSoftmaxLoss(nn.Module):
         self.register_buffer("log_counts", counts.log())  # float64: 4999 stays 4999 (float32 gave 4999.002)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        _check_logits_shape(logits, labels, self.log_counts.numel())
+        _check_inputs(logits, labels, self.log_counts.numel())
         return LF.prior_adjusted_cross_entropy(logits, labels, self.log_counts)
 
 
@@ -48,6 +53,13 @@ class LogitAdjustedLoss(nn.Module):
     Args:
         class_counts: (C,) training images per class (all positive).
         tau: strength of the adjustment.
+
+    Inputs of ``forward(logits, labels)``:
+        logits: (N, C) float, the classifier's raw outputs (the loss adds ``tau * log prior_j``).
+        labels: (N,) int64 class indices in [0, C).
+
+    Returns the scalar mean over the N rows. Shapes and the labels' dtype are always checked, the label range only
+    on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(self, class_counts: Sequence[int] | Tensor, tau: float = 1.0) -> None:
@@ -57,5 +69,5 @@ class LogitAdjustedLoss(nn.Module):
         self.register_buffer("adjustment", self.tau * (counts / counts.sum()).log())  # float64
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        _check_logits_shape(logits, labels, self.adjustment.numel())
+        _check_inputs(logits, labels, self.adjustment.numel())
         return LF.prior_adjusted_cross_entropy(logits, labels, self.adjustment)

@@ -125,8 +125,14 @@ class BalancedContrastiveLoss(nn.Module):
             the anchors are this rank's rows, the prototypes are the same on every rank. The value is the
             global-batch loss and its gradient is scaled for DDP's average (``ltcl.dist.global_mean``).
 
-    Shapes:
-        forward(features (N, D) L2-normalised, labels (N,) int64, prototypes (C, D) L2-normalised) -> scalar.
+    Inputs of ``forward(features, labels, prototypes)``:
+        features: (N, D) float projections, L2-normalised (the loss does not normalise them), all contrastive views
+            as rows.
+        labels: (N,) int64 class indices in [0, C).
+        prototypes: (C, D) float, L2-normalised (what :class:`BCLPrototypeHead` returns).
+
+    Returns a scalar, the mean over the N anchors. Shapes and the labels' dtype are always checked, the label range
+    only on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(self, num_classes: int, temperature: float = 0.07, *, gather_distributed: bool = False) -> None:
@@ -153,8 +159,7 @@ class BalancedContrastiveLoss(nn.Module):
                 f"prototypes must have shape ({self.num_classes}, {features.shape[1]}), "
                 f"got {getattr(prototypes, 'shape', prototypes)}."
             )
-        if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
-            raise ValueError(f"labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}.")
+        check_labels(labels, features.shape[0], self.num_classes, sync=False)
         anchors = None
         if self.gather_distributed:
             features, labels, anchors = gather_rows(features, labels)

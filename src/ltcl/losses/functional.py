@@ -3,6 +3,11 @@
 Notation (docs/conventions.md, "Notation and the losses"): ``z_i`` an L2-normalised projection, one row per view;
 ``s_ik = z_i . z_k / tau``; ``y_i`` its label; ``C`` the number of classes. Every function computes in at least
 float32, also when its inputs are bf16/fp16 under autocast, and never loops over samples in Python.
+
+No function normalises its inputs: pass L2-normalised ``features`` (and centres). Every function that says it
+validates its inputs rejects labels that are not (N,) ``torch.int64`` in [0, C) with a ``ValueError`` naming
+``labels``, on any device (reading the range is a host synchronisation on an accelerator). The helpers without
+checks (:func:`supervised_contrastive_terms`, :func:`prior_adjusted_cross_entropy`) are the modules' training path.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ def aligned_contrastive_per_anchor(
 
     Args:
         features: (N, D) L2-normalised projections, one row per view; the contrast set.
-        labels: (N,) int64 class indices.
+        labels: (N,) int64 class indices in [0, C), C given by ``centers`` or ``negative_weights`` (only >= 0 when
+            neither is given).
         temperature: tau > 0.
         centers: (C, D) class centres or None. ``centers[y_i]`` is one more positive of anchor i; every other centre
             is a negative. Centres are never anchors.
@@ -137,7 +143,7 @@ def _scl_logits(features: Tensor, labels: Tensor, temperature: float, start: int
 def supervised_contrastive_per_anchor(
     features: Tensor, labels: Tensor, *, temperature: float, anchors: slice | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Per-anchor SCL terms (Eq. 1); see :func:`supervised_contrastive_loss`.
+    """Per-anchor SCL terms (Eq. 1), validating every input; see :func:`supervised_contrastive_loss`.
 
     Returns:
         loss: (A,) ``L_i``, 0 for an anchor without positives; has_positive: (A,) bool.
@@ -151,7 +157,7 @@ def supervised_contrastive_per_anchor(
 def supervised_contrastive_terms(
     features: Tensor, labels: Tensor, temperature: float, anchors: tuple[int, int]
 ) -> tuple[Tensor, Tensor]:
-    """Per-anchor SCL terms without input checks (SupConLoss checks shapes; values are the caller's business).
+    """Per-anchor SCL terms without input checks (SupConLoss checks shapes, dtypes and, on the CPU, the labels).
 
     Args:
         features: (N, D); labels: (N,) int64; anchors: (start, stop) rows acting as anchors.
@@ -178,7 +184,7 @@ def supervised_contrastive_loss(features: Tensor, labels: Tensor, *, temperature
 
     Args:
         features: (N, D) L2-normalised projections; all views are rows.
-        labels: (N,) int64 class indices.
+        labels: (N,) int64 class indices >= 0 (only compared with each other).
         temperature: tau > 0.
 
     Returns:
@@ -236,7 +242,8 @@ def logit_adjusted_loss(logits: Tensor, labels: Tensor, class_counts, *, tau: fl
     """Logit-adjusted cross-entropy (Menon et al.): ``CE(logits + tau * log prior, y)``.
 
     Args:
-        logits: (N, C); labels: (N,) int64; class_counts: (C,) positive training counts; tau: adjustment strength.
+        logits: (N, C); labels: (N,) int64 in [0, C); class_counts: (C,) positive training counts;
+        tau: adjustment strength.
 
     Returns:
         Scalar mean over the N rows.

@@ -49,6 +49,7 @@ from ltcl.losses.validation import (
     anchor_rows,
     check_class_counts,
     check_features,
+    check_labels,
     check_logits,
     compute_dtype,
     zero_with_graph,
@@ -175,9 +176,14 @@ class GPaCoLoss(nn.Module):
             the anchors, and the ``logits`` passed in, are this rank's rows. The value is the global-batch loss and
             its gradient is scaled for DDP's average (``ltcl.dist.global_mean``).
 
-    Shapes:
-        forward(features (N, D) L2-normalised, labels (N,) int64, logits (N, C)) -> scalar. Pass every view of
-        every image, with the logits of the same rows (GPaCo's code uses both views as anchors).
+    Inputs of ``forward(features, labels, logits)``:
+        features: (N, D) float projections, L2-normalised (the loss does not normalise them), all views as rows.
+        labels: (N,) int64 class indices in [0, C).
+        logits: (N, C) float raw classifier logits of the same rows (the loss adds the log prior). Pass every view
+            of every image, with its logits (GPaCo's code uses both views as anchors).
+
+    Returns a scalar, the mean over anchors with a positive term. Shapes and the labels' dtype are always checked,
+    the label range only on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(
@@ -207,11 +213,9 @@ class GPaCoLoss(nn.Module):
             raise ValueError(f"features must be a 2-D tensor (N, D), got {getattr(features, 'shape', features)}.")
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must have shape (N, {self.num_classes}), got {getattr(logits, 'shape', logits)}.")
-        if labels.dim() != 1 or not (labels.shape[0] == features.shape[0] == logits.shape[0]):
-            raise ValueError(
-                f"features, labels and logits must have the same number of rows, got {features.shape[0]}, "
-                f"{tuple(labels.shape)} and {logits.shape[0]}."
-            )
+        if logits.shape[0] != features.shape[0]:
+            raise ValueError(f"logits have {logits.shape[0]} rows but features have {features.shape[0]}.")
+        check_labels(labels, features.shape[0], self.num_classes, sync=False)
         anchors = None
         if self.gather_distributed:
             features, labels, anchors = gather_rows(features, labels)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltcl.losses.validation import check_class_counts, check_logits, compute_dtype
+from ltcl.losses.validation import check_class_counts, check_labels, check_logits, compute_dtype
 
 
 def _check_finite_at_least(name: str, value: float, low: float, strict: bool) -> None:
@@ -118,8 +118,13 @@ class LDAMLoss(nn.Module):
     Buffers (in ``state_dict``): ``margins`` (C,), ``class_weights`` (C,) in use (ones until DRW),
     ``reweighting`` (bool scalar).
 
-    Shapes:
-        forward(logits (N, C) cosine logits, labels (N,) int64) -> scalar.
+    Inputs of ``forward(logits, labels)``:
+        logits: (N, C) float cosine logits in [-1, 1], normalised features times normalised classifier weights
+            (LDAM's ``NormedLinear``); the loss neither normalises nor checks them, and scales them by ``s``.
+        labels: (N,) int64 class indices in [0, C).
+
+    Returns a scalar, the (DRW-weighted) mean over the N rows. Shapes and the labels' dtype are always checked, the
+    label range only on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(
@@ -161,7 +166,6 @@ class LDAMLoss(nn.Module):
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must have shape (N, {self.num_classes}), got {getattr(logits, 'shape', logits)}.")
-        if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
-            raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}.")
+        check_labels(labels, logits.shape[0], self.num_classes, sync=False)
         # Weights of all ones give the plain mean: one code path, no host-side branch on the DRW state.
         return _ldam(logits, labels, self.margins, self.scale, self.class_weights)

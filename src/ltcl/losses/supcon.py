@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from ltcl.dist import gather_rows, global_mean
 from ltcl.losses import functional as LF
+from ltcl.losses.validation import check_labels
 
 
 class SupConLoss(nn.Module):
@@ -19,8 +20,12 @@ class SupConLoss(nn.Module):
         temperature: tau > 0.
         gather_distributed: contrast against the global batch under torch.distributed (see AlignedContrastiveLoss).
 
-    Shapes:
-        forward(features (N, D) L2-normalised, labels (N,) int64) -> scalar.
+    Inputs of ``forward(features, labels)``:
+        features: (N, D) float projections, L2-normalised (the loss does not normalise them), all views as rows.
+        labels: (N,) int64 class indices, >= 0 (only compared with each other: SCL has no number of classes).
+
+    Returns a scalar, the mean over anchors with a positive. Shapes and the labels' dtype are always checked,
+    negative labels only on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(self, temperature: float = 0.05, *, gather_distributed: bool = False) -> None:
@@ -34,10 +39,9 @@ class SupConLoss(nn.Module):
         return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        if features.dim() != 2 or labels.shape != features.shape[:1]:
-            raise ValueError(
-                f"expected features (N, D) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}."
-            )
+        if not isinstance(features, Tensor) or features.dim() != 2:
+            raise ValueError(f"features must be a 2-D tensor (N, D), got {getattr(features, 'shape', features)}.")
+        check_labels(labels, features.shape[0], None, sync=False)
         anchors = slice(0, features.shape[0])
         if self.gather_distributed:
             features, labels, anchors = gather_rows(features, labels)

@@ -1,8 +1,10 @@
 """Input checks of the losses' public functions, and helpers shared by the equations.
 
-The public functional API (``ltcl.losses.functional``) validates everything it is given, including values, which
-costs host synchronisations on an accelerator; the loss modules of the training path check shapes and dtypes only
-and rely on their constructors and the config for the values (see ``ltcl.losses.aligned``).
+The public functional API (``ltcl.losses.functional``, ``gpaco_loss``, ``ldam_loss``, ``balanced_contrastive_loss``)
+validates everything it is given, including values, which costs host synchronisations on an accelerator. The loss
+modules of the training path check what costs no synchronisation: shapes and dtypes (tensor metadata), and the
+range of the labels only while they are on the CPU (see :func:`check_labels`); on an accelerator the labels' values
+are the datasets' business, which validate them where they enter the pipeline.
 """
 
 from __future__ import annotations
@@ -18,20 +20,43 @@ def compute_dtype(tensor: Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
-def check_labels(labels: Tensor, rows: int, num_classes: int | None, name: str = "labels") -> None:
+def check_labels(
+    labels: Tensor, rows: int, num_classes: int | None, name: str = "labels", *, sync: bool = True
+) -> None:
+    """Checks class-index labels: a 1-D ``torch.int64`` tensor of ``rows`` entries with values in
+    [0, num_classes) (only ``>= 0`` when ``num_classes`` is None).
+
+    Type, shape and dtype come from the tensor's metadata and never wait for the device. The range has to read the
+    values: on the CPU they are read straight from memory (numpy, not a torch op: nothing to wait for, and nothing
+    that a host-synchronisation count sees); elsewhere only with ``sync=True`` (the functional API), a host
+    synchronisation. The loss modules pass ``sync=False``, so that the training step never waits for the device:
+    labels on an accelerator get their dtype and shape checked, their values were checked by the dataset.
+
+    Raises:
+        ValueError: one sentence naming ``name``, what was expected and what was given.
+    """
     if not isinstance(labels, Tensor) or labels.dim() != 1:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(f"{name} must be a 1-D tensor of class indices, got {shape}.")
-    if labels.dtype.is_floating_point or labels.dtype in (torch.bool, torch.complex64, torch.complex128):
-        raise ValueError(f"{name} must hold integer class indices (int64), got dtype {labels.dtype}.")
+    if labels.dtype != torch.int64:
+        raise ValueError(f"{name} must hold integer class indices of dtype torch.int64, got {labels.dtype}.")
     if labels.shape[0] != rows:
-        raise ValueError(f"{name} has {labels.shape[0]} entries but there are {rows} rows of inputs.")
-    if labels.numel():
+        raise ValueError(
+            f"{name} must have shape ({rows},): it has {labels.shape[0]} entries but there are {rows} rows of inputs."
+        )
+    if labels.numel() == 0:
+        return
+    if labels.device.type == "cpu" and type(labels) is Tensor and not torch.compiler.is_compiling():
+        values = labels.numpy()
+        low, high = int(values.min()), int(values.max())
+    elif sync:
         low, high = (int(v) for v in torch.aminmax(labels))
-        if low < 0:
-            raise ValueError(f"{name} must be >= 0, got {low}.")
-        if num_classes is not None and high >= num_classes:
-            raise ValueError(f"{name} must be < the number of classes {num_classes}, got {high}.")
+    else:
+        return
+    if low < 0:
+        raise ValueError(f"{name} must be >= 0, got {low}.")
+    if num_classes is not None and high >= num_classes:
+        raise ValueError(f"{name} must be < the number of classes {num_classes}, got {high}.")
 
 
 def check_features(features: Tensor, name: str = "features", finite: bool = True) -> None:
