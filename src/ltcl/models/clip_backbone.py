@@ -150,4 +150,6 @@ def open_clip_input_spec(arch: str, pretrained: bool | str, kwargs: Mapping[str,
     size = kwargs.get("force_image_size") or vision_cfg.get("image_size", defaults.size)
     mean = tag_cfg.get("mean", defaults.mean)
     std = tag_cfg.get("std", defaults.std)
-    return make_input_spec(size, mean, std, f"open_clip/{arch}")
+    # A tower takes its own size only (position embeddings, or the attention pooling of its ResNets);
+    # force_image_size builds it for another.
+    return make_input_spec(size, mean, std, f"open_clip/{arch}", fixed=True, size_kwarg="force_image_size")

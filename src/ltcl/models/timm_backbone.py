@@ -9,7 +9,10 @@ Hugging Face hub cache, or torch hub's for older url-only weights) and are fetch
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
+import re
+import sys
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -111,14 +114,34 @@ def build_timm_backbone(name: str, pretrained: bool | str, kwargs: Mapping[str, 
 def timm_input_spec(name: str, kwargs: Mapping[str, Any]) -> InputSpec:
     """Input size, mean and std of ``timm/<name>`` from its pretrained config; no weights are read.
 
-    ``backbone_kwargs.img_size`` (ViTs built for another resolution) overrides the config's size.
+    ``backbone_kwargs.img_size`` (ViTs built for another resolution) overrides the config's size. The spec is
+    ``fixed`` where the config says the model takes that size only (``fixed_input_size``: ViTs, Swin, MLP-Mixer)
+    unless ``backbone_kwargs.dynamic_img_size`` is set.
     """
     timm = _timm(name)
     cfg = pretrained_cfg(timm, name)
     if cfg is None:  # an architecture registered without any pretrained config: timm's own defaults
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-        size, mean, std = 224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        size, mean, std, fixed = 224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, False
     else:
-        size, mean, std = cfg.input_size, cfg.mean, cfg.std
-    return make_input_spec(kwargs.get("img_size") or size, mean, std, f"timm/{name}")
+        size, mean, std, fixed = cfg.input_size, cfg.mean, cfg.std, bool(cfg.fixed_input_size)
+    fixed = fixed and not kwargs.get("dynamic_img_size")
+    size_kwarg, any_size_kwarg = _size_kwargs(timm, name) if fixed else ("", "")
+    size = kwargs.get("img_size") or size
+    return make_input_spec(
+        size, mean, std, f"timm/{name}", fixed=fixed, size_kwarg=size_kwarg, any_size_kwarg=any_size_kwarg
+    )
+
+
+def _size_kwargs(timm: ModuleType, name: str) -> tuple[str, str]:
+    """Which of ``img_size`` and ``dynamic_img_size`` the model's constructor takes ("" where it does not).
+
+    Read from the source of the model's timm module (no model is built); unknown: neither is offered.
+    """
+    try:
+        source = inspect.getsource(sys.modules[timm.models.model_entrypoint(name.partition(".")[0]).__module__])
+    except (KeyError, OSError, RuntimeError, TypeError):
+        return "", ""
+    takes = [bool(re.search(rf"\b{key}\b", source)) for key in ("img_size", "dynamic_img_size")]
+    return "img_size" if takes[0] else "", "dynamic_img_size" if takes[1] else ""
