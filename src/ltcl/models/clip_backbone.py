@@ -137,6 +137,13 @@ def build_open_clip_backbone(
     return model.visual, feature_dim, text_weights
 
 
+def open_clip_weights_origin(pretrained: bool | str) -> str:
+    """Where ``model.pretrained`` weights of an OpenCLIP tower come from, for the run header."""
+    if isinstance(pretrained, str) and os.path.isfile(pretrained):
+        return f"OpenCLIP checkpoint {pretrained}"
+    return f"OpenCLIP pretrained {pretrained}"
+
+
 def open_clip_input_spec(arch: str, pretrained: bool | str, kwargs: Mapping[str, Any]) -> InputSpec:
     """Input size, mean and std of ``open_clip/<arch>`` from its configs; no weights are read."""
     open_clip = _open_clip(arch)

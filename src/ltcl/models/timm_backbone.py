@@ -71,6 +71,19 @@ def _weights_location(cfg: Any, kwargs: Mapping[str, Any]) -> str:
     return f"the torch hub cache {os.path.join(torch.hub.get_dir(), 'checkpoints')}"
 
 
+def timm_weights_origin(name: str, kwargs: Mapping[str, Any]) -> str:
+    """Where ``model.pretrained`` weights of ``timm/<name>`` come from, for the run header."""
+    cfg = pretrained_cfg(_timm(name), name)
+    if kwargs.get("cache_dir"):
+        where = f"cache_dir {kwargs['cache_dir']}"
+    elif cfg is not None and cfg.hf_hub_id:
+        where = "hub cache"
+    else:
+        where = "torch hub cache"
+    source = (cfg.hf_hub_id or cfg.url or cfg.file or name) if cfg is not None else name
+    return f"timm pretrained {source} ({where})"
+
+
 def build_timm_backbone(name: str, pretrained: bool | str, kwargs: Mapping[str, Any]) -> tuple[nn.Module, int]:
     """Builds ``timm/<name>`` without its classifier.
 
