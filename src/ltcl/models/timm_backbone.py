@@ -3,11 +3,13 @@
 The model is built by ``timm.create_model(name, pretrained=..., num_classes=0, **backbone_kwargs)``, so its
 forward pass ends at the pooled pre-logits features. Pretrained weights come through timm's own cache (the
 Hugging Face hub cache, or torch hub's for older url-only weights) and are fetched only when
-``model.pretrained`` is true.
+``model.pretrained`` is true; when their host does not answer (:mod:`ltcl.models.hub`), only the caches are read
+and a missing copy fails at once instead of after the hub's retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
@@ -16,11 +18,13 @@ import sys
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from torch import nn
 
 from ltcl.data.inputs import InputSpec, make_input_spec
 from ltcl.errors import UserError
+from ltcl.models.hub import hub_cache_only, hub_offline_mode, hub_url, unreachable
 from ltcl.models.optional import import_optional
 
 # Set by ltcl itself; a user value would clash with the feature-extractor contract.
@@ -84,6 +88,24 @@ def timm_weights_origin(name: str, kwargs: Mapping[str, Any]) -> str:
     return f"timm pretrained {source} ({where})"
 
 
+def _no_connection(cfg: Any) -> str | None:
+    """Why the pretrained file of ``cfg`` cannot be downloaded now (no connection to its host), or None when it
+    may be (or needs no network: a local file, or ``HF_HUB_OFFLINE`` already set). Mirrors timm's choice of source."""
+    if cfg.state_dict or cfg.file:
+        return None
+    if cfg.hf_hub_id:
+        return None if hub_offline_mode() else unreachable(hub_url(cfg.hf_hub_id.partition("@")[0]))
+    return unreachable(cfg.url)
+
+
+def _url_cache_file(cfg: Any, kwargs: Mapping[str, Any]) -> str:
+    """Where timm keeps the file of a url-only pretrained config (torch hub's checkpoints, or ``cache_dir``)."""
+    import torch.hub
+
+    folder = kwargs.get("cache_dir") or os.path.join(torch.hub.get_dir(), "checkpoints")
+    return os.path.join(folder, os.path.basename(urlsplit(cfg.url).path))
+
+
 def build_timm_backbone(name: str, pretrained: bool | str, kwargs: Mapping[str, Any]) -> tuple[nn.Module, int]:
     """Builds ``timm/<name>`` without its classifier.
 
@@ -107,15 +129,19 @@ def build_timm_backbone(name: str, pretrained: bool | str, kwargs: Mapping[str, 
     cfg = pretrained_cfg(timm, name)
     if pretrained and not (cfg and (cfg.hf_hub_id or cfg.url or cfg.file)):
         raise UserError(f"timm model '{name}' has no pretrained weights (model.pretrained); set it to false.")
+    offline = _no_connection(cfg) if pretrained else None
     try:
-        model = timm.create_model(name, pretrained=bool(pretrained), num_classes=0, **kwargs)
+        if offline and not cfg.hf_hub_id and not os.path.isfile(_url_cache_file(cfg, kwargs)):
+            raise FileNotFoundError(offline)  # torch hub's download would wait for the network
+        with hub_cache_only() if offline else contextlib.nullcontext():  # no hub retries without a network
+            model = timm.create_model(name, pretrained=bool(pretrained), num_classes=0, **kwargs)
     except OSError as err:  # hub and url downloads fail with OSError subclasses (offline, no network, no file)
         if not pretrained:
             raise
         raise UserError(
             f"The pretrained weights of timm model '{name}' are not in {_weights_location(cfg, kwargs)} and could "
-            f"not be downloaded ({type(err).__name__}); run once with network access, or give a local file as "
-            "model.weights with model.pretrained false."
+            f"not be downloaded ({offline or type(err).__name__}); run once with network access, or give a local "
+            "file as model.weights with model.pretrained false."
         ) from err
     except (TypeError, AssertionError) as err:  # an unknown or ill-typed constructor argument
         raise UserError(f"timm could not build '{name}' with model.backbone_kwargs {dict(kwargs)} ({err}).") from err
