@@ -95,9 +95,9 @@ def test_whole_clip_checkpoint_feeds_the_tower_through_model_weights(tmp_path):
 
 def test_input_spec_from_the_arch_and_tag_configs_without_network(no_network):
     openai = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-    assert input_spec(ModelConfig(backbone="open_clip/ViT-B-32")) == InputSpec(224, *openai)
+    assert input_spec(ModelConfig(backbone="open_clip/ViT-B-32")) == InputSpec(224, *openai, True, "force_image_size")
     siglip = input_spec(ModelConfig(backbone="open_clip/ViT-B-16-SigLIP-256", pretrained="webli"))
-    assert siglip == InputSpec(256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert siglip == InputSpec(256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True, "force_image_size")
     assert input_spec(clip_cfg()).size == 32
     resized = ModelConfig(backbone="open_clip/ViT-B-16", backbone_kwargs={"force_image_size": 336})
     assert input_spec(resized).size == 336

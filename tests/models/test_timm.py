@@ -130,7 +130,10 @@ def test_bad_timm_values_are_one_sentence_errors(backbone, kwargs, pretrained, m
 
 def test_input_spec_comes_from_the_pretrained_config_without_network(no_network):
     clip = input_spec(ModelConfig(backbone="timm/vit_base_patch16_clip_224.openai"))
-    assert clip == InputSpec(224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    assert clip == InputSpec(
+        224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711), True, "img_size",
+        "dynamic_img_size",
+    )  # fmt: skip
     assert input_spec(ModelConfig(backbone="timm/convnext_tiny")) == InputSpec(
         224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     )

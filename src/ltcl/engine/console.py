@@ -5,12 +5,13 @@ The full resolved config goes to ``config.yaml``; the header names the few value
 
 from __future__ import annotations
 
-from ltcl.config import Config
+from ltcl.config import Config, ModelConfig
 from ltcl.data.build import DataBundle
 from ltcl.data.longtail import ACCURACY_COLUMNS, SHOT_GROUPS, shot_groups
 from ltcl.engine.evaluate import format_cell
 from ltcl.engine.recipe import ParameterCounts
 from ltcl.methods import Objective
+from ltcl.models import weights_origin
 
 
 def _size(dataset) -> str:
@@ -28,7 +29,8 @@ def header(
     amp: tuple[str, str],
     steps_per_epoch: int,
 ) -> str:
-    """A few lines: run directory, data, model, objective and the key hyperparameters."""
+    """A few lines: run directory, data, model (with its fine-tuning mode and where its weights come from),
+    objective and the key hyperparameters; then a ``note:`` line per questionable model setting."""
     counts = data.train_counts
     groups = shot_groups(counts, many=cfg.data.many_threshold, few=cfg.data.few_threshold)
     group_sizes = " / ".join(f"{name} {int((groups == g).sum())}" for g, name in enumerate(SHOT_GROUPS))
@@ -43,14 +45,15 @@ def header(
         f"ltcl train: {cfg.name} -> {run_dir} (full config in config.yaml)",
         f"  data   {cfg.data.dataset}: {sum(counts):,} train / {_size(data.val)} val / {_size(data.test)} test "
         f"images, {data.num_classes} classes ({max(counts)} ... {min(counts)} per class; {group_sizes})",
-        f"  model  {m.backbone}, {m.classifier} classifier, {head}; "
-        f"{params.trainable:,} of {params.total:,} parameters train",
+        f"  model  {m.backbone}, finetune {m.finetune}, weights: {weights_origin(m)}; {m.classifier} classifier, "
+        f"{head}; {params.trainable:,} of {params.total:,} parameters train",
         f"  loss   {objective.describe()}; {views}",
         f"  optim  SGD lr {o.lr} ({schedule}), {o.epochs} epochs x {steps_per_epoch} steps, batch "
         f"{cfg.data.batch_size}, weight decay {o.weight_decay}",
         f"  run    seed {cfg.train.seed}, amp {amp[0]} ({amp[1]}), {processes}",
         f"  eval   {evaluation_plan(cfg, data)}",
     ]
+    lines += [f"note: {note}" for note in model_notes(m)]
     return "\n".join(lines)
 
 
@@ -61,6 +64,17 @@ def evaluation_plan(cfg: Config, data: DataBundle) -> str:
     if data.val is None:
         return f"no validation split: no checkpoint selection, nothing scored while training; {test}"
     return f"val every {cfg.train.eval_every} epoch(s), best-on-val checkpoint kept; {test}"
+
+
+def model_notes(m: ModelConfig) -> list[str]:
+    """Warnings about the model settings, one line each: a partial fine-tuning mode on a random backbone."""
+    if m.finetune.partition(":")[0] != "full" and not m.pretrained and not m.weights:
+        return [
+            f"model.finetune {m.finetune} trains only part of a randomly initialised backbone (no model.pretrained, "
+            "no model.weights), so most of its weights stay random: set model.pretrained or model.weights, or use "
+            "model.finetune full"
+        ]
+    return []
 
 
 def epoch_summary(row: dict, epochs: int, stat_names: tuple[str, ...] = ()) -> str:

@@ -18,6 +18,7 @@ from ltcl.config import Config, ViewsConfig
 from ltcl.data.augment import resolve_views
 from ltcl.data.build import DataBundle
 from ltcl.data.device_loader import DeviceEvalBatches, DeviceViewLoader, device_eval_supported
+from ltcl.data.inputs import check_view_sizes
 from ltcl.data.sampling import EpochBatchSampler, SeededDataset, ShardSampler
 from ltcl.data.views import MultiViewCollate
 from ltcl.engine.distributed import DistributedContext
@@ -64,8 +65,15 @@ def build_model(
 
 
 def model_views(cfg: Config) -> ViewsConfig:
-    """``views`` with the sizes and normalisation that the backbone defines (0 sizes, ``normalization: model``)."""
-    return resolve_views(cfg.views, input_spec(cfg.model))
+    """``views`` with the sizes and normalisation that the backbone defines (0 sizes, ``normalization: model``).
+
+    Called once per run before any data is read: view sizes that a fixed-size backbone cannot take are refused
+    here, in one sentence naming the settings to change.
+    """
+    spec = input_spec(cfg.model)
+    v = cfg.views
+    check_view_sizes(spec, cfg.model.backbone, v.sizes, v.num_views, v.test_size)
+    return resolve_views(v, spec)
 
 
 def build_optimizer(cfg: Config, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -2,7 +2,7 @@
 combines them."""
 
 from ltcl.data.inputs import InputSpec
-from ltcl.models.backbones import KNOWN_BACKBONES, build_backbone, input_spec
+from ltcl.models.backbones import KNOWN_BACKBONES, build_backbone, input_spec, weights_origin
 from ltcl.models.finetune import FINETUNE_MODES, FinetuneMode, ParameterCounts, apply_finetune, parse_finetune
 from ltcl.models.heads import CosineClassifier, LinearClassifier, ProjectionHead
 from ltcl.models.lora import LoRADelta, add_lora
@@ -41,4 +41,5 @@ __all__ = [
     "resnet32",
     "resnet44",
     "resnet56",
+    "weights_origin",
 ]

@@ -20,7 +20,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from ltcl.config import ModelConfig
 from ltcl.data.inputs import InputSpec
 from ltcl.errors import UserError
-from ltcl.models.clip_backbone import build_open_clip_backbone, open_clip_input_spec
+from ltcl.models.clip_backbone import build_open_clip_backbone, open_clip_input_spec, open_clip_weights_origin
 from ltcl.models.registry import (
     BACKBONES,
     BackboneRequest,
@@ -30,7 +30,7 @@ from ltcl.models.registry import (
     register_backbone,
 )
 from ltcl.models.resnet_cifar import CIFAR_RESNETS
-from ltcl.models.timm_backbone import build_timm_backbone, timm_input_spec
+from ltcl.models.timm_backbone import build_timm_backbone, timm_input_spec, timm_weights_origin
 from ltcl.models.weights import load_backbone_weights
 
 TORCHVISION_BACKBONES = (
@@ -98,6 +98,7 @@ register_backbone(
     prefix="timm/",
     input_spec=lambda r: timm_input_spec(r.arch, r.kwargs),
     paper="any timm model (pip install 'ltcl[timm]')",
+    describe_pretrained=lambda r: timm_weights_origin(r.arch, r.kwargs),
 )
 register_backbone(
     "open_clip",
@@ -106,6 +107,7 @@ register_backbone(
     input_spec=lambda r: open_clip_input_spec(r.arch, r.pretrained, r.kwargs),
     weights_prefix="visual.",
     paper="Radford et al., ICML 2021 (OpenCLIP image towers, pip install 'ltcl[clip]')",
+    describe_pretrained=lambda r: open_clip_weights_origin(r.pretrained),
 )
 KNOWN_BACKBONES = tuple(n for _, family in BACKBONES.items() for n in family.names)
 
@@ -150,3 +152,20 @@ def input_spec(model_cfg: ModelConfig) -> InputSpec | None:
     if family.input_spec is None:
         return None
     return family.input_spec(family.request(model_cfg.backbone, model_cfg.pretrained, model_cfg.backbone_kwargs))
+
+
+def weights_origin(model_cfg: ModelConfig) -> str:
+    """Where the backbone's weights come from, for the run header.
+
+    "timm pretrained <hub id> (hub cache)", "OpenCLIP pretrained <tag>", "local file PATH" (read after
+    any pretrained weights: "..., then local file PATH"), or "random init". Nothing is read or downloaded.
+    """
+    parts = []
+    if model_cfg.pretrained:
+        family = backbone_family(model_cfg.backbone)
+        request = family.request(model_cfg.backbone, model_cfg.pretrained, model_cfg.backbone_kwargs)
+        describe = family.describe_pretrained
+        parts.append(describe(request) if describe else f"{family.name} pretrained {model_cfg.pretrained}")
+    if model_cfg.weights:
+        parts.append(f"local file {model_cfg.weights}")
+    return ", then ".join(parts) or "random init"

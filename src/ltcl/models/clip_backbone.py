@@ -6,6 +6,7 @@ zero-shot head the text tower encodes one prompt per class before it is dropped;
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from torch import nn
 
 from ltcl.data.inputs import InputSpec, make_input_spec
 from ltcl.errors import UserError
+from ltcl.models.hub import hub_cache_only, hub_offline_mode, hub_url, unreachable
 from ltcl.models.optional import import_optional
 
 PROMPT = "a photo of a {}."
@@ -65,21 +67,40 @@ def _check_quick_gelu(open_clip: ModuleType, arch: str, tag: str, tag_cfg: Mappi
         )
 
 
-def _download(open_clip: ModuleType, arch: str, tag: str, tag_cfg: Mapping) -> None:
-    """Puts the tag's weights into open_clip's cache, or explains in one sentence why they are not there."""
+def _url_cache_file(url: str) -> str:
+    return os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))  # open_clip's own choice
+
+
+def _no_connection(open_clip: ModuleType, tag_cfg: Mapping) -> str | None:
+    """Why the tag's weights cannot be downloaded now (no connection to their host), or None when they may be (or
+    ``HF_HUB_OFFLINE`` is set already). Mirrors open_clip's choice of source: the hub when it has the weights."""
+    if tag_cfg.get("hf_hub") and open_clip.pretrained.has_hf_hub():
+        return None if hub_offline_mode() else unreachable(hub_url(os.path.split(tag_cfg["hf_hub"])[0]))
+    return unreachable(tag_cfg["url"]) if tag_cfg.get("url") else None
+
+
+def _download(open_clip: ModuleType, arch: str, tag: str, tag_cfg: Mapping, offline: str | None) -> None:
+    """Puts the tag's weights into open_clip's cache, or explains in one sentence why they are not there.
+
+    Args:
+        offline: why the host cannot be reached (:func:`_no_connection`); None: the network may be used.
+    """
     try:
-        open_clip.download_pretrained(dict(tag_cfg))
+        if offline and not tag_cfg.get("hf_hub") and not os.path.isfile(_url_cache_file(tag_cfg["url"])):
+            raise FileNotFoundError(offline)  # the url download would wait for the network
+        with hub_cache_only() if offline else contextlib.nullcontext():
+            open_clip.download_pretrained(dict(tag_cfg))
     except Exception as err:  # hub, url and filesystem failures all mean "not available here"
         if tag_cfg.get("hf_hub"):
             from huggingface_hub import constants
 
-            offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-            where = f"the Hugging Face hub cache {constants.HF_HUB_CACHE}{offline}"
+            offline_set = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+            where = f"the Hugging Face hub cache {constants.HF_HUB_CACHE}{offline_set}"
         else:
             where = f"the OpenCLIP cache {os.path.expanduser('~/.cache/clip')}"
         raise UserError(
             f"The OpenCLIP weights '{tag}' of open_clip/{arch} are not in {where} and could not be downloaded "
-            f"({type(err).__name__}); run once with network access, or set model.pretrained to a local "
+            f"({offline or type(err).__name__}); run once with network access, or set model.pretrained to a local "
             "checkpoint path."
         ) from err
 
@@ -120,21 +141,32 @@ def build_open_clip_backbone(
     open_clip = _open_clip(arch)
     model_cfg = _model_config(open_clip, arch)
     tag_cfg = _tag_config(open_clip, arch, pretrained) if pretrained else {}
+    offline = None
     if tag_cfg:
         _check_quick_gelu(open_clip, arch, str(pretrained), tag_cfg, kwargs)
-        _download(open_clip, arch, str(pretrained), tag_cfg)
-    try:
-        model = open_clip.create_model(arch, pretrained=pretrained or None, **kwargs)
-    except (TypeError, KeyError, AssertionError) as err:  # an unknown or ill-typed constructor argument
-        raise UserError(
-            f"OpenCLIP could not build '{arch}' with model.backbone_kwargs {dict(kwargs)} ({err})."
-        ) from err
-    except RuntimeError as err:  # a checkpoint path that is not an OpenCLIP checkpoint of this architecture
-        raise UserError(f"OpenCLIP could not load model.pretrained {pretrained!r} into {arch} ({err}).") from err
-    # The tower's output is the joint embedding, whose width the (possibly overridden) config states.
-    feature_dim = int(kwargs.get("embed_dim", model_cfg["embed_dim"]))
-    text_weights = None if class_names is None else _text_embeddings(open_clip, model, arch, class_names)
+        offline = _no_connection(open_clip, tag_cfg)
+        _download(open_clip, arch, str(pretrained), tag_cfg, offline)
+    # Without a connection the cached weights (and a hub tokenizer) are read without the hub's retries.
+    with hub_cache_only() if offline else contextlib.nullcontext():
+        try:
+            model = open_clip.create_model(arch, pretrained=pretrained or None, **kwargs)
+        except (TypeError, KeyError, AssertionError) as err:  # an unknown or ill-typed constructor argument
+            raise UserError(
+                f"OpenCLIP could not build '{arch}' with model.backbone_kwargs {dict(kwargs)} ({err})."
+            ) from err
+        except RuntimeError as err:  # a checkpoint path that is not an OpenCLIP checkpoint of this architecture
+            raise UserError(f"OpenCLIP could not load model.pretrained {pretrained!r} into {arch} ({err}).") from err
+        # The tower's output is the joint embedding, whose width the (possibly overridden) config states.
+        feature_dim = int(kwargs.get("embed_dim", model_cfg["embed_dim"]))
+        text_weights = None if class_names is None else _text_embeddings(open_clip, model, arch, class_names)
     return model.visual, feature_dim, text_weights
+
+
+def open_clip_weights_origin(pretrained: bool | str) -> str:
+    """Where ``model.pretrained`` weights of an OpenCLIP tower come from, for the run header."""
+    if isinstance(pretrained, str) and os.path.isfile(pretrained):
+        return f"OpenCLIP checkpoint {pretrained}"
+    return f"OpenCLIP pretrained {pretrained}"
 
 
 def open_clip_input_spec(arch: str, pretrained: bool | str, kwargs: Mapping[str, Any]) -> InputSpec:
@@ -150,4 +182,6 @@ def open_clip_input_spec(arch: str, pretrained: bool | str, kwargs: Mapping[str,
     size = kwargs.get("force_image_size") or vision_cfg.get("image_size", defaults.size)
     mean = tag_cfg.get("mean", defaults.mean)
     std = tag_cfg.get("std", defaults.std)
-    return make_input_spec(size, mean, std, f"open_clip/{arch}")
+    # A tower takes its own size only (position embeddings, or the attention pooling of its ResNets);
+    # force_image_size builds it for another.
+    return make_input_spec(size, mean, std, f"open_clip/{arch}", fixed=True, size_kwarg="force_image_size")

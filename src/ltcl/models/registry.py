@@ -60,6 +60,8 @@ class BackboneFamily:
             with (None: it defines none, the views must give sizes in pixels).
         weights_prefix: the key prefix of its weights inside a local file that holds a whole model ("visual.").
         paper: where the architecture comes from.
+        describe_pretrained: ``BackboneRequest -> str``: where ``model.pretrained`` weights come from, for the run
+            header ("timm pretrained <hub id> (hub cache)"); None: "<family> pretrained <value>".
     """
 
     name: str
@@ -69,6 +71,7 @@ class BackboneFamily:
     input_spec: Callable[[BackboneRequest], InputSpec | None] | None = None
     weights_prefix: str = ""
     paper: str = ""
+    describe_pretrained: Callable[[BackboneRequest], str] | None = None
 
     def request(self, name: str, pretrained: bool | str = False, kwargs=None, class_names=None) -> BackboneRequest:
         arch = name[len(self.prefix) :] if self.prefix else name
@@ -87,6 +90,7 @@ def register_backbone(
     input_spec: Callable[[BackboneRequest], InputSpec | None] | None = None,
     weights_prefix: str = "",
     paper: str = "",
+    describe_pretrained: Callable[[BackboneRequest], str] | None = None,
 ):
     """Registers a backbone family; with ``build`` omitted, returns a decorator for the builder.
 
@@ -96,14 +100,21 @@ def register_backbone(
     """
     if build is None:
         return lambda fn: register_backbone(
-            name, fn, names=names, prefix=prefix, input_spec=input_spec, weights_prefix=weights_prefix, paper=paper
+            name,
+            fn,
+            names=names,
+            prefix=prefix,
+            input_spec=input_spec,
+            weights_prefix=weights_prefix,
+            paper=paper,
+            describe_pretrained=describe_pretrained,
         )
     owned = tuple(names) or (() if prefix else (name,))
     for other_name, other in BACKBONES.items():
         clash = set(owned) & set(other.names) or (prefix and prefix == other.prefix)
         if clash and other_name != name:
             raise ValueError(f"Backbone family '{name}' claims names of '{other_name}' ({sorted(clash) or prefix}).")
-    family = BackboneFamily(name, build, owned, prefix, input_spec, weights_prefix, paper)
+    family = BackboneFamily(name, build, owned, prefix, input_spec, weights_prefix, paper, describe_pretrained)
     BACKBONES.register(name, family)
     return build
 

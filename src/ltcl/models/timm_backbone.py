@@ -3,21 +3,28 @@
 The model is built by ``timm.create_model(name, pretrained=..., num_classes=0, **backbone_kwargs)``, so its
 forward pass ends at the pooled pre-logits features. Pretrained weights come through timm's own cache (the
 Hugging Face hub cache, or torch hub's for older url-only weights) and are fetched only when
-``model.pretrained`` is true.
+``model.pretrained`` is true; when their host does not answer (:mod:`ltcl.models.hub`), only the caches are read
+and a missing copy fails at once instead of after the hub's retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import inspect
 import os
+import re
+import sys
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 from torch import nn
 
 from ltcl.data.inputs import InputSpec, make_input_spec
 from ltcl.errors import UserError
+from ltcl.models.hub import hub_cache_only, hub_offline_mode, hub_url, unreachable
 from ltcl.models.optional import import_optional
 
 # Set by ltcl itself; a user value would clash with the feature-extractor contract.
@@ -68,6 +75,37 @@ def _weights_location(cfg: Any, kwargs: Mapping[str, Any]) -> str:
     return f"the torch hub cache {os.path.join(torch.hub.get_dir(), 'checkpoints')}"
 
 
+def timm_weights_origin(name: str, kwargs: Mapping[str, Any]) -> str:
+    """Where ``model.pretrained`` weights of ``timm/<name>`` come from, for the run header."""
+    cfg = pretrained_cfg(_timm(name), name)
+    if kwargs.get("cache_dir"):
+        where = f"cache_dir {kwargs['cache_dir']}"
+    elif cfg is not None and cfg.hf_hub_id:
+        where = "hub cache"
+    else:
+        where = "torch hub cache"
+    source = (cfg.hf_hub_id or cfg.url or cfg.file or name) if cfg is not None else name
+    return f"timm pretrained {source} ({where})"
+
+
+def _no_connection(cfg: Any) -> str | None:
+    """Why the pretrained file of ``cfg`` cannot be downloaded now (no connection to its host), or None when it
+    may be (or needs no network: a local file, or ``HF_HUB_OFFLINE`` already set). Mirrors timm's choice of source."""
+    if cfg.state_dict or cfg.file:
+        return None
+    if cfg.hf_hub_id:
+        return None if hub_offline_mode() else unreachable(hub_url(cfg.hf_hub_id.partition("@")[0]))
+    return unreachable(cfg.url)
+
+
+def _url_cache_file(cfg: Any, kwargs: Mapping[str, Any]) -> str:
+    """Where timm keeps the file of a url-only pretrained config (torch hub's checkpoints, or ``cache_dir``)."""
+    import torch.hub
+
+    folder = kwargs.get("cache_dir") or os.path.join(torch.hub.get_dir(), "checkpoints")
+    return os.path.join(folder, os.path.basename(urlsplit(cfg.url).path))
+
+
 def build_timm_backbone(name: str, pretrained: bool | str, kwargs: Mapping[str, Any]) -> tuple[nn.Module, int]:
     """Builds ``timm/<name>`` without its classifier.
 
@@ -91,15 +129,19 @@ def build_timm_backbone(name: str, pretrained: bool | str, kwargs: Mapping[str, 
     cfg = pretrained_cfg(timm, name)
     if pretrained and not (cfg and (cfg.hf_hub_id or cfg.url or cfg.file)):
         raise UserError(f"timm model '{name}' has no pretrained weights (model.pretrained); set it to false.")
+    offline = _no_connection(cfg) if pretrained else None
     try:
-        model = timm.create_model(name, pretrained=bool(pretrained), num_classes=0, **kwargs)
+        if offline and not cfg.hf_hub_id and not os.path.isfile(_url_cache_file(cfg, kwargs)):
+            raise FileNotFoundError(offline)  # torch hub's download would wait for the network
+        with hub_cache_only() if offline else contextlib.nullcontext():  # no hub retries without a network
+            model = timm.create_model(name, pretrained=bool(pretrained), num_classes=0, **kwargs)
     except OSError as err:  # hub and url downloads fail with OSError subclasses (offline, no network, no file)
         if not pretrained:
             raise
         raise UserError(
             f"The pretrained weights of timm model '{name}' are not in {_weights_location(cfg, kwargs)} and could "
-            f"not be downloaded ({type(err).__name__}); run once with network access, or give a local file as "
-            "model.weights with model.pretrained false."
+            f"not be downloaded ({offline or type(err).__name__}); run once with network access, or give a local "
+            "file as model.weights with model.pretrained false."
         ) from err
     except (TypeError, AssertionError) as err:  # an unknown or ill-typed constructor argument
         raise UserError(f"timm could not build '{name}' with model.backbone_kwargs {dict(kwargs)} ({err}).") from err
@@ -111,14 +153,34 @@ def build_timm_backbone(name: str, pretrained: bool | str, kwargs: Mapping[str, 
 def timm_input_spec(name: str, kwargs: Mapping[str, Any]) -> InputSpec:
     """Input size, mean and std of ``timm/<name>`` from its pretrained config; no weights are read.
 
-    ``backbone_kwargs.img_size`` (ViTs built for another resolution) overrides the config's size.
+    ``backbone_kwargs.img_size`` (ViTs built for another resolution) overrides the config's size. The spec is
+    ``fixed`` where the config says the model takes that size only (``fixed_input_size``: ViTs, Swin, MLP-Mixer)
+    unless ``backbone_kwargs.dynamic_img_size`` is set.
     """
     timm = _timm(name)
     cfg = pretrained_cfg(timm, name)
     if cfg is None:  # an architecture registered without any pretrained config: timm's own defaults
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-        size, mean, std = 224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        size, mean, std, fixed = 224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, False
     else:
-        size, mean, std = cfg.input_size, cfg.mean, cfg.std
-    return make_input_spec(kwargs.get("img_size") or size, mean, std, f"timm/{name}")
+        size, mean, std, fixed = cfg.input_size, cfg.mean, cfg.std, bool(cfg.fixed_input_size)
+    fixed = fixed and not kwargs.get("dynamic_img_size")
+    size_kwarg, any_size_kwarg = _size_kwargs(timm, name) if fixed else ("", "")
+    size = kwargs.get("img_size") or size
+    return make_input_spec(
+        size, mean, std, f"timm/{name}", fixed=fixed, size_kwarg=size_kwarg, any_size_kwarg=any_size_kwarg
+    )
+
+
+def _size_kwargs(timm: ModuleType, name: str) -> tuple[str, str]:
+    """Which of ``img_size`` and ``dynamic_img_size`` the model's constructor takes ("" where it does not).
+
+    Read from the source of the model's timm module (no model is built); unknown: neither is offered.
+    """
+    try:
+        source = inspect.getsource(sys.modules[timm.models.model_entrypoint(name.partition(".")[0]).__module__])
+    except (KeyError, OSError, RuntimeError, TypeError):
+        return "", ""
+    takes = [bool(re.search(rf"\b{key}\b", source)) for key in ("img_size", "dynamic_img_size")]
+    return "img_size" if takes[0] else "", "dynamic_img_size" if takes[1] else ""

@@ -7,6 +7,9 @@ Files of other codebases are accepted as they are: the backbone's tensors may si
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,25 +24,82 @@ from ltcl.models.optional import import_optional
 _NESTING_KEYS = ("state_dict", "model", "backbone")
 _KEY_PREFIXES = ("module.", "backbone.", "encoder_q.")
 
+# File formats, from their first bytes
+_ZIP = b"PK\x03\x04"  # torch.save's archive (PyTorch >= 1.6)
+_LEGACY_TORCH = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # a pickle of torch's magic number: the older format
+_LFS_POINTER = b"version https://git-lfs"
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+_NOT_WEIGHTS = "not a PyTorch (torch.save) or safetensors weights file"
+# what a file that is not a torch or safetensors file is, by _file_kind
+_NOT_TORCH = {
+    "empty": f"is empty, {_NOT_WEIGHTS}",
+    "lfs": "is a Git LFS pointer, not the weights themselves: git lfs pull fetches them",
+    "pickle": f"is a plain Python pickle, {_NOT_WEIGHTS}: save the backbone's tensors with torch.save instead",
+    "text": f"is a text file, {_NOT_WEIGHTS}",
+    "unknown": f"is {_NOT_WEIGHTS} (it starts neither as a torch.save archive nor as a safetensors header)",
+}
+
+
+def _file_kind(path: Path) -> str:
+    """What the file holds, from its first bytes: torch, safetensors, empty, lfs, pickle, text or unknown."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    header_length = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    if not head:
+        return "empty"
+    if head.startswith((_ZIP, _LEGACY_TORCH)):
+        return "torch"
+    if head[8:9] == b"{" and 0 < header_length <= path.stat().st_size - 8:
+        return "safetensors"
+    if head.startswith(_LFS_POINTER):
+        return "lfs"
+    if head.startswith(b"\x80"):
+        return "pickle"
+    text = head.decode("utf-8", errors="replace")
+    if "\x00" not in text and text.count("\ufffd") <= 1 and all(c.isprintable() or c.isspace() for c in text[:-1]):
+        return "text"
+    return "unknown"
+
 
 def _load_file(path: Path) -> object:
-    """The file's content: a flat mapping for safetensors, whatever was pickled (weights only) otherwise."""
-    if path.suffix == ".safetensors":
+    """The file's content: a flat mapping for safetensors, whatever was pickled (weights only) for a torch file.
+
+    The format is read from the content, not the suffix. Anything else is refused in one sentence that says what
+    the file is not; torch's own message is never passed on, since it advises unpickling arbitrary objects.
+    """
+    name = f"Backbone weights file {path} (model.weights)"
+    kind = _file_kind(path)
+    if kind == "safetensors":
         safetensors_torch = import_optional("safetensors", f"Backbone weights file {path}").torch
         try:
             return safetensors_torch.load_file(str(path), device="cpu")
         except Exception as err:  # a truncated or foreign file: the same user mistake
-            raise UserError(f"Backbone weights file {path} could not be read as safetensors ({_reason(err)}).") from err
+            raise UserError(f"{name} could not be read as safetensors ({_reason(err)}).") from err
+    if kind != "torch":
+        raise UserError(f"{name} {_NOT_TORCH[kind]}.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable content is the same user mistake
+        # an open file: torch.load itself would read a path named .safetensors as safetensors
+        with warnings.catch_warnings(), open(path, "rb") as f:  # and its note on pickle protocols names its unpickler
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # objects other than tensors and containers
+        refused = sorted(set(_REFUSED_GLOBAL.findall(str(err))))
+        what = f" ({', '.join(refused)})" if refused else ""
         raise UserError(
-            f"Backbone weights file {path} could not be read as a PyTorch state_dict ({_reason(err)})."
+            f"{name} holds pickled Python objects besides tensors{what}, which ltcl does not unpickle because "
+            "unpickling can run code: save only the backbone's tensors, torch.save(model.state_dict(), path), or a "
+            "safetensors file."
         ) from err
+    except Exception as err:  # a truncated or damaged archive
+        raise UserError(f"{name} is a damaged or truncated PyTorch file ({_reason(err)}).") from err
 
 
 def _reason(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+    """The first sentence of an error, or its type where the text would repeat torch's advice to unpickle anything."""
+    text = str(err).splitlines()[0].split(". ")[0].rstrip(".") if str(err) else ""
+    if not text or any(word in text for word in ("weights_only", "allow_pickle", "\x1b")):
+        return type(err).__name__
+    return text
 
 
 def _strip_prefixes(key: str) -> str:
@@ -88,7 +148,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, select: str = "
 
     Args:
         backbone: the module to fill.
-        path: a ``.safetensors`` file, or any other suffix for a PyTorch pickle (read with ``weights_only``).
+        path: a safetensors or a PyTorch (``torch.save``, read with ``weights_only``) file, whatever its suffix.
         select: see :func:`read_state_dict` ("visual." for OpenCLIP towers).
 
     Raises:
