@@ -124,30 +124,42 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ltcl.analysis.tables import compare_runs, results_table, write_csv
+    from ltcl.analysis.tables import LAST_EPOCH_NOTE, compare_runs, results_table, sort_run_paths, write_csv
+    from ltcl.engine.rundir import RunDir
 
-    # A shell glob such as runs/x/* also matches a sweep's own sweep.csv and sweep.md: only directories are runs.
-    run_dirs = []
-    for path in map(Path, args.run_dirs):
-        if path.exists() and not path.is_dir():
-            print(f"skipping {path}: not a run directory", file=sys.stderr)
-        else:
-            run_dirs.append(path)  # a missing directory, or one without results.json, fails in compare_runs
-    if not run_dirs:
+    # A shell glob such as runs/* also matches a sweep's own sweep.csv and sweep.md, and runs still training.
+    paths = sort_run_paths(args.run_dirs)
+    for path in paths.skipped:
+        print(f"skipping {path}: not a run directory", file=sys.stderr)
+    if not paths.finished:
+        if paths.unfinished:
+            raise UserError(
+                f"No run has finished yet among {', '.join(map(str, paths.unfinished))}: none holds {RunDir.RESULTS}."
+            )
         raise UserError(
             f"None of {', '.join(args.run_dirs)} is a run directory; give the directories of finished runs."
         )
-    rows = compare_runs(run_dirs)
+    rows = compare_runs(paths.finished)  # a missing directory fails here, named
     table = results_table(rows)
-    print("Test accuracy in %, mean ± sample std over the runs of each setting:")
+    notes = []
+    untested = [d for r in rows for d in r.untested]
+    if untested:
+        notes.append(f"no test split (n/a, no number in the means): {', '.join(map(str, untested))}")
+    if paths.unfinished:
+        notes.append(f"unfinished (no {RunDir.RESULTS} yet, left out): {', '.join(map(str, paths.unfinished))}")
+    print(f"{LAST_EPOCH_NOTE}, mean ± sample std over the runs of each setting:")
     print(table)
+    for note in notes:
+        print(note)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         runs = "\n".join(f"- {r.label}: {', '.join(str(d) for d in r.run_dirs)}" for r in rows)
+        runs += "".join(f"\n- {note}" for note in notes)
         out.write_text(
-            f"# Comparison\n\nTest accuracy in %, mean ± sample std over seeds (a plain mean "
-            f"for one run); n/a: the shot group has no class.\n\n{table}\n\nRuns:\n\n{runs}\n"
+            f"# Comparison\n\n{LAST_EPOCH_NOTE}, mean ± sample std over seeds (a plain mean "
+            f"for one run); n/a: the shot group has no class, or no run has a test split.\n\n{table}\n\n"
+            f"Runs:\n\n{runs}\n"
         )
         write_csv(rows, out.with_suffix(".csv"))
         print(f"wrote {out} and {out.with_suffix('.csv')}")
@@ -260,15 +272,17 @@ def register(commands) -> None:
         "compare",
         help="table of finished runs grouped into settings (mean ± std)",
         description="Group finished runs whose resolved configs differ only in "
-        "train.seed, train.run_name and train.output_dir, and print Many / Medium / "
-        "Few / All as mean ± std over each group. Rows are labelled by the config values "
-        "that differ.",
+        "train.seed, train.run_name and train.output_dir (an extended run counts with the "
+        "epochs it trained), and print the last-epoch model's Many / Medium / Few / All test "
+        "accuracy as mean ± std over each group, with the number of distinct seeds. Rows are "
+        "labelled by the config values that differ. Unfinished runs are listed, not tabulated.",
     )
     p.add_argument(
         "run_dirs",
         nargs="+",
         metavar="RUN_DIR",
-        help="run directories holding results.json (files among them, such as a sweep's sweep.csv, are skipped)",
+        help="run directories holding results.json (files among them, such as a sweep's sweep.csv, are skipped; "
+        "unfinished runs are listed below the table)",
     )
     p.add_argument("--out", metavar="FILE.md", help="also write the table as Markdown, and as CSV next to it")
     p.set_defaults(run=cmd_compare)
