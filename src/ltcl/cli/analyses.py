@@ -103,7 +103,7 @@ def cmd_tsne(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ltcl.analysis import sweep
-    from ltcl.analysis.tables import results_table
+    from ltcl.analysis.tables import LAST_EPOCH_NOTE, results_table
 
     if args.nproc_per_node is not None and not args.print_commands:
         raise UserError("--nproc-per-node only applies with --print-commands (the sweep itself runs in one process).")
@@ -116,8 +116,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.print_commands:
         print("\n".join(sweep.sweep_commands(args.config, runs, out, args.nproc_per_node or 1)))
         return 0
-    rows = sweep.run_sweep(args.config, axes, runs, out)
-    print(f"\nSweep of {args.config}: test accuracy in %, mean ± std over seeds")
+    rows = sweep.run_sweep(args.config, axes, runs, out, args.overrides)
+    print(f"\nSweep of {args.config}: {LAST_EPOCH_NOTE[0].lower()}{LAST_EPOCH_NOTE[1:]}, mean ± std over seeds")
     print(results_table(rows))
     print(f"wrote {out / 'sweep.md'} and {out / 'sweep.csv'}")
     return 0
