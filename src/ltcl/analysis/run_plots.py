@@ -25,7 +25,7 @@ from ltcl.analysis.plots import (
 )
 from ltcl.engine.rundir import RunDir
 
-CONFLICT_PLOT = "conflicts.png"  # also the default figure of ltcl analyze conflicts
+CONFLICT_PLOT = "conflicts.png"  # the run's own figure; ltcl analyze conflicts never writes over it
 
 
 def metric_columns(rows: list[dict[str, str]]) -> tuple[dict[str, np.ndarray], str]:

@@ -39,10 +39,24 @@ class _HelpFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
+def default_conflicts_out(runs, all_epochs: bool) -> Path:
+    """``analysis_conflicts[_with_<other runs>][_all_epochs].png`` in the first run's directory: a name no run
+    writes, so that a run's own conflicts.png (its last epoch, drawn by ltcl train) is never replaced."""
+    from ltcl.analysis.sweep import safe_name
+
+    parts = ["analysis_conflicts"]
+    others = "+".join(safe_name(run.path.name) for run in runs[1:])
+    if others:
+        parts.append(f"with_{others}" if len(others) <= 60 else f"with_{len(runs) - 1}_runs")
+    if all_epochs:
+        parts.append("all_epochs")
+    return runs[0] / ("_".join(parts) + ".png")
+
+
 def cmd_conflicts(args: argparse.Namespace) -> int:
     from ltcl.analysis.conflicts import group_means
     from ltcl.analysis.plots import plot_conflicts
-    from ltcl.analysis.run_plots import CONFLICT_PLOT, conflict_series
+    from ltcl.analysis.run_plots import conflict_series
     from ltcl.data.longtail import ACCURACY_COLUMNS
     from ltcl.engine.rundir import RunDir
 
@@ -58,7 +72,7 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
         cells = " | ".join("n/a" if means[c] is None else f"{means[c]:.3f}" for c in ACCURACY_COLUMNS)
         lines.append(f"| {one.label} | {one.epochs} | {cells} |")
         series.append(one)
-    out = Path(args.out) if args.out else runs[0] / CONFLICT_PLOT
+    out = Path(args.out) if args.out else default_conflicts_out(runs, args.all_epochs)
     many, few = runs[0].thresholds()  # the count axis marks the first run's shot groups
     plot_conflicts(series, out, many=many, few=few, all_epochs=args.all_epochs)
     print("SCL gradient-conflict ratio (conflicting / positive pairs), mean over the classes of each group:")
@@ -188,7 +202,10 @@ def register(commands) -> None:
     )
     a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding conflicts.csv")
     a.add_argument(
-        "--out", metavar="FILE.png", help="where to write the figure (default: RUN_DIR/conflicts.png of the first run)"
+        "--out",
+        metavar="FILE.png",
+        help="where to write the figure (default: analysis_conflicts[_with_<runs>][_all_epochs].png in the first "
+        "run's directory, never the run's own conflicts.png)",
     )
     a.add_argument(
         "--all-epochs",
