@@ -98,6 +98,11 @@ def cmd_tsne(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
     emb = collect_embeddings(trained, classes, split=args.split, max_per_class=args.max_per_class, seed=args.seed)
+    empty = [c for c in classes if not (emb.labels == c).any()]
+    if empty:
+        missing = ", ".join(trained.class_names[c] for c in empty)
+        print(f"note: the {args.split} split has no image of {missing}; left out of the figure.")
+    classes = [c for c in classes if c not in empty]
     points = tsne_2d(emb.vectors, seed=args.seed)
     groups = shot_groups(counts, many=data.many_threshold, few=data.few_threshold).tolist()
     what = (
