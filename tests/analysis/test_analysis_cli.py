@@ -44,7 +44,7 @@ def test_conflicts_default_output_is_in_the_first_run(tiny_run, tmp_path, capsys
     run = copy_run(tiny_run, tmp_path / "run")
     assert main(["analyze", "conflicts", str(run), "--all-epochs"]) == 0
     assert "epochs 1-2 pooled" in capsys.readouterr().out
-    assert_valid_png(run / "conflicts.png")
+    assert_valid_png(run / "analysis_conflicts_all_epochs.png")  # never the run's own conflicts.png (item 24)
 
 
 def test_conflicts_errors_name_the_fix(tiny_run, tmp_path, capsys):

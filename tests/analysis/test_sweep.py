@@ -191,15 +191,17 @@ def test_compare_falls_back_to_the_directory_name_and_names_a_missing_result(swe
     assert main(["compare", str(one)]) == 0
     assert f"| alpha=0.1_seed0 | {' | '.join(expected_cells([one]))} | 1 |" in capsys.readouterr().out
 
-    unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    assert main(["compare", str(one), str(unfinished)]) == 2
-    assert f"{unfinished} holds no results.json" in capsys.readouterr().err
+    empty = tmp_path / "empty"  # no config.yaml: not a run (an unfinished run is listed, see test_compare_runs)
+    empty.mkdir()
+    assert main(["compare", str(one), str(empty)]) == 0
+    assert f"skipping {empty}: not a run directory" in capsys.readouterr().err
+    assert main(["compare", str(empty)]) == 2
+    assert "is a run directory" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_compare_of_a_glob_skips_the_files_of_a_sweep_but_not_an_unfinished_run(sweep_dir, tmp_path, capsys):
+def test_compare_of_a_glob_skips_the_files_of_a_sweep_and_lists_an_unfinished_run(sweep_dir, tmp_path, capsys):
     matched = sorted(sweep_dir.glob("*"))  # what the shell gives for sweep_dir/*: runs, sweep.csv, sweep.md, PNGs
     files = [p for p in matched if not p.is_dir()]
     assert {"sweep.csv", "sweep.md"} <= {p.name for p in files}
@@ -214,8 +216,9 @@ def test_compare_of_a_glob_skips_the_files_of_a_sweep_but_not_an_unfinished_run(
 
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
-    assert main(["compare", *map(str, matched), str(unfinished)]) == 2
-    assert f"{unfinished} holds no results.json" in capsys.readouterr().err
+    shutil.copy(sweep_dir / "alpha=0.1_seed0" / RunDir.CONFIG, unfinished / RunDir.CONFIG)  # started, not done
+    assert main(["compare", *map(str, matched), str(unfinished)]) == 0
+    assert f"unfinished (no results.json yet, left out): {unfinished}" in capsys.readouterr().out
     assert main(["compare", str(sweep_dir / "sweep.csv")]) == 2
     assert "is a run directory" in capsys.readouterr().err
 

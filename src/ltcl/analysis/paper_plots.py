@@ -39,13 +39,15 @@ def plot_tsne(
 
     Args:
         points: (n, 2) coordinates; labels: (n,) class index of each point.
-        classes: the k plotted class indices, in legend order; names, counts: per class of the whole run (C,).
+        classes: the k chosen class indices, in legend order (a class without any point is left out of the
+            legend); names, counts: per class of the whole run (C,).
         groups: (C,) shot group per class (0 many, 1 medium, 2 few).
     """
     fig = Figure(figsize=(8.5, 6.5))
     ax = fig.subplots()
-    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-    for i, c in enumerate(classes):
+    drawn = [c for c in classes if (labels == c).any()]
+    cmap = colormaps["tab10" if len(drawn) <= 10 else "tab20"]
+    for i, c in enumerate(drawn):
         marker, light, size = TSNE_STYLE[int(groups[c])]
         hue = cmap(i % cmap.N)
         chosen = labels == c

@@ -17,6 +17,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from ltcl.data.longtail import ACCURACY_COLUMNS, SHOT_GROUPS, shot_groups
 
 GROUP_COLOURS = dict(zip(ACCURACY_COLUMNS, ("#1f5fa8", "#e08a1e", "#c8323c", "#4d4d4d")))
+MAX_NAMED_CLASSES = 20  # per-class figures name their points up to this many classes; more would hide them
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ConflictSeries:
         counts: (C,) training images per class.
         ratios: (C,) conflicting / positive pairs, NaN where a class had no positive pair.
         epochs: which epochs the ratios count ("last epoch, 3" or "epochs 1-3 pooled").
+        names: (C,) class names, or None when the run does not record them.
     """
 
     label: str
@@ -36,6 +38,7 @@ class ConflictSeries:
     counts: np.ndarray
     ratios: np.ndarray
     epochs: str
+    names: list[str] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -66,6 +69,17 @@ def count_axis(ax, counts, many: int, few: int) -> None:
     ax.set_xlabel("training images of the class (log scale)")
 
 
+def name_points(ax, xs, ys, names: list[str] | None, indices, colour) -> None:
+    """Writes ``names[j]`` beside each point (x, y) of class j in ``indices``, when the run has at most
+    MAX_NAMED_CLASSES classes and knows their names."""
+    if not names or len(names) > MAX_NAMED_CLASSES:
+        return
+    for x, y, j in zip(xs, ys, indices):
+        ax.annotate(
+            str(names[j]), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7, color=colour, alpha=0.9
+        )
+
+
 def _epoch_axis(ax) -> None:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -75,7 +89,9 @@ def _epoch_axis(ax) -> None:
 # One finished run
 
 
-def plot_per_class_accuracy(counts, accuracy, out: str | Path, *, many: int, few: int, name: str) -> Path:
+def plot_per_class_accuracy(
+    counts, accuracy, out: str | Path, *, many: int, few: int, name: str, class_names: list[str] | None = None
+) -> Path:
     """Per-class test accuracy against training count, coloured by shot group, with the group means.
 
     Args:
@@ -83,7 +99,10 @@ def plot_per_class_accuracy(counts, accuracy, out: str | Path, *, many: int, few
         accuracy: (C,) test accuracy in %, None or NaN for a class absent from the test split (not drawn).
         many, few: the run's shot-group thresholds.
         name: the run's name, for the title.
+        class_names: (C,) names written beside the points (up to MAX_NAMED_CLASSES classes), or None.
     """
+    if class_names is not None and len(class_names) != len(counts):
+        class_names = None
     counts = np.asarray(counts)
     accuracy = np.array([np.nan if a is None else a for a in accuracy], dtype=np.float64)
     groups = shot_groups(counts.tolist(), many=many, few=few).numpy()
@@ -104,6 +123,7 @@ def plot_per_class_accuracy(counts, accuracy, out: str | Path, *, many: int, few
             alpha=0.85,
             label=f"{group}-shot ({classes}, mean {mean:.1f}%)",
         )
+        name_points(ax, counts[chosen], accuracy[chosen], class_names, np.flatnonzero(chosen), GROUP_COLOURS[group])
         ends = counts[chosen].min() / 1.08, counts[chosen].max() * 1.08  # visible for a one-class group too
         ax.hlines(mean, *ends, color=GROUP_COLOURS[group], linewidth=2)
     count_axis(ax, counts.tolist(), many, few)
@@ -219,6 +239,8 @@ def plot_conflicts(
         ok = np.isfinite(run.ratios)
         counts, ratios = run.counts[ok], run.ratios[ok]
         ax.scatter(counts, ratios, s=28, color=colour, alpha=0.8, label=run.label, edgecolors="white", linewidths=0.5)
+        if run.names is not None and len(run.names) == len(run.counts):
+            name_points(ax, counts, ratios, run.names, np.flatnonzero(ok), colour)
         x = np.log10(counts)
         if np.unique(x).size >= 2:  # a trend needs two distinct counts
             slope, intercept = np.polyfit(x, ratios, 1)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from ltcl.analysis.plots import (
 )
 from ltcl.engine.rundir import RunDir
 
-CONFLICT_PLOT = "conflicts.png"  # also the default figure of ltcl analyze conflicts
+CONFLICT_PLOT = "conflicts.png"  # the run's own figure; ltcl analyze conflicts never writes over it
 
 
 def metric_columns(rows: list[dict[str, str]]) -> tuple[dict[str, np.ndarray], str]:
@@ -44,6 +45,15 @@ def _number(text: str | None) -> float:
     return float(text) if text not in (None, "") else math.nan
 
 
+def class_names(run: RunDir) -> list[str] | None:
+    """The run's class names (its class-counts file), or None for a run that does not record them."""
+    path = run / RunDir.CLASS_COUNTS
+    if not path.is_file():
+        return None
+    names = json.loads(path.read_text()).get("class_names")
+    return [str(n) for n in names] if names else None
+
+
 def conflict_series(run_dir: str | Path, *, all_epochs: bool = False) -> ConflictSeries:
     """A run's per-class conflict ratios (see :func:`~ltcl.analysis.conflicts.conflict_ratios`) with its legend.
 
@@ -53,7 +63,7 @@ def conflict_series(run_dir: str | Path, *, all_epochs: bool = False) -> Conflic
     run = RunDir(run_dir)
     counts, ratios, used = conflict_ratios(run.read_conflicts(), all_epochs=all_epochs)
     objective = run.read_config().get("loss", {}).get("objective", "?")
-    return ConflictSeries(run.label(), objective, counts, ratios, used)
+    return ConflictSeries(run.label(), objective, counts, ratios, used, class_names(run))
 
 
 def plot_conflict_runs(run_dirs: Sequence[str | Path], out: str | Path, all_epochs: bool = False) -> Path:
@@ -74,7 +84,13 @@ def _per_class_accuracy(run: RunDir) -> Path | None:
     many, few = run.thresholds()
     out = run / "per_class_accuracy.png"
     return plot_per_class_accuracy(
-        results["class_counts"], results["per_class_test"], out, many=many, few=few, name=run.path.name
+        results["class_counts"],
+        results["per_class_test"],
+        out,
+        many=many,
+        few=few,
+        name=run.path.name,
+        class_names=class_names(run),
     )
 
 

@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ltcl.analysis.tables import SettingRow, results_table, summarize, write_csv
+from ltcl.analysis.tables import LAST_EPOCH_NOTE, SettingRow, results_table, summarize, write_csv
 from ltcl.config import Config, apply_override, changed_keys, load_config, to_dict
 from ltcl.engine.resume import EXECUTION_KEYS
 from ltcl.engine.rundir import RunDir
@@ -161,10 +161,12 @@ def check_same_config(run_dir: RunDir, saved: dict, cfg: Config) -> None:
 # Running
 
 
-def run_sweep(config: str, axes: list[GridAxis], runs: list[PlannedRun], out: Path) -> list[SettingRow]:
+def run_sweep(
+    config: str, axes: list[GridAxis], runs: list[PlannedRun], out: Path, overrides: list[str] | None = None
+) -> list[SettingRow]:
     """Trains every planned run in turn (skipping finished ones, resuming killed ones), draws each run's plots
     into its report.md, then writes ``out/sweep.md``, ``out/sweep.csv`` and the sweep plots. Every config is
-    checked before the first run."""
+    checked before the first run. ``overrides``: the sweep's own ``--set`` values, recorded in sweep.md."""
     from ltcl.analysis.run_plots import make_run_plots
     from ltcl.engine.resume import plan_resume
     from ltcl.engine.trainer import train
@@ -193,13 +195,15 @@ def run_sweep(config: str, axes: list[GridAxis], runs: list[PlannedRun], out: Pa
         dirs = [out / r.name for r in runs if r.setting == setting]
         label = ", ".join(f"{k}={v}" for k, v in setting) or Path(config).stem
         rows.append(summarize(label, dict(setting), dirs))
-    write_sweep_outputs(config, axes, rows, out)
+    write_sweep_outputs(config, axes, rows, out, overrides)
     return rows
 
 
-def write_sweep_outputs(config: str, axes: list[GridAxis], rows: list[SettingRow], out: Path) -> None:
-    """sweep.md (grid, table, plots), sweep.csv, and the plots of All per setting (Fig. 4b) and, for a single
-    numeric axis, against it (Fig. 4c)."""
+def write_sweep_outputs(
+    config: str, axes: list[GridAxis], rows: list[SettingRow], out: Path, overrides: list[str] | None = None
+) -> None:
+    """sweep.md (grid, the sweep's --set values, table, plots), sweep.csv, and the plots of All per setting
+    (Fig. 4b) and, for a single numeric axis, against it (Fig. 4c)."""
     from ltcl.analysis.paper_plots import plot_setting_bars, plot_setting_lines
 
     title = f"Sweep of {Path(config).name}: top-1 accuracy (mean ± std over seeds)"
@@ -225,9 +229,10 @@ def write_sweep_outputs(config: str, axes: list[GridAxis], rows: list[SettingRow
         f"# Sweep of {config}",
         "",
         "- grid: " + ("; ".join(f"{a.key} = {', '.join(a.values)}" for a in axes) or "none"),
+        "- --set (every run): " + (", ".join(f"`{o}`" for o in overrides or []) or "none"),
         f"- seeds: 0..{seeds - 1} (train.seed); run directories under {out}",
         "",
-        "Test accuracy in %: mean ± sample std over seeds (a plain mean for one seed); n/a: the shot group has no "
+        f"{LAST_EPOCH_NOTE}: mean ± sample std over seeds (a plain mean for one seed); n/a: the shot group has no "
         "class.",
         "",
         results_table(rows),

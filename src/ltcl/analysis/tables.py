@@ -22,6 +22,11 @@ from ltcl.engine.rundir import RunDir
 # What ltcl compare ignores when grouping runs into settings: the seeds of a setting and where each run lives.
 COMPARE_IGNORES = frozenset({"train.seed", "train.run_name", "train.output_dir"})
 HEADERS = [c.capitalize() for c in ACCURACY_COLUMNS]  # Many, Medium, Few, All
+# What every number of these tables is: the test accuracy of each run's model after its last epoch.
+LAST_EPOCH_NOTE = (
+    f"Test accuracy in % of the last-epoch model ({RunDir.RESULTS} test; the best-on-validation model's is "
+    "test_best_val)"
+)
 
 
 @dataclass
@@ -32,23 +37,37 @@ class SettingRow:
         label: the row's name, e.g. ``loss.alpha=0.1``.
         params: the config values that define the setting, as text.
         run_dirs: the runs of the setting (one per seed).
-        stats: accuracy column -> (mean, sample std or None for one value), or None for a group without classes.
+        stats: accuracy column -> (mean, sample std or None for one value), or None for a group without classes
+            (or a setting whose runs have no test split).
+        seeds: the distinct train.seed values of the runs (two runs of one seed are one seed).
+        untested: the runs without a test split (results.json ``test`` is None): they add no number to ``stats``.
     """
 
     label: str
     params: dict[str, str]
     run_dirs: list[Path]
     stats: dict[str, tuple[float, float | None] | None] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    untested: list[Path] = field(default_factory=list)
+
+    def seeds_cell(self) -> str:
+        """``2``, or ``2 (3 runs)`` when a seed was run more than once."""
+        seeds, runs = len(self.seeds), len(self.run_dirs)
+        return str(seeds) if seeds == runs else f"{seeds} ({runs} run{'s' if runs > 1 else ''})"
 
 
 def summarize(label: str, params: dict[str, str], run_dirs: list[Path]) -> SettingRow:
-    """Mean and sample std (n - 1) over the runs of each test accuracy; None for a group without classes.
+    """Mean and sample std (n - 1) over the runs of each test accuracy (the last-epoch model's, results.json
+    ``test``); None for a group without classes. A run without a test split adds no number (``untested``).
 
     Raises:
         FileNotFoundError: a run directory that does not exist or holds no results (named in the message).
     """
-    tests = [RunDir(d).read_results()["test"] for d in run_dirs]
+    results = [RunDir(d).read_results() for d in run_dirs]
     row = SettingRow(label, params, list(run_dirs))
+    row.untested = [Path(d) for d, r in zip(run_dirs, results) if r.get("test") is None]
+    row.seeds = sorted({_seed(d, r) for d, r in zip(run_dirs, results)}, key=str)
+    tests = [r["test"] for r in results if r.get("test") is not None]
     for column in ACCURACY_COLUMNS:
         values = np.array([t[column] for t in tests if t.get(column) is not None], dtype=np.float64)
         if values.size == 0:
@@ -56,6 +75,13 @@ def summarize(label: str, params: dict[str, str], run_dirs: list[Path]) -> Setti
         else:
             row.stats[column] = (float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else None)
     return row
+
+
+def _seed(run_dir: Path, results: dict[str, Any]) -> Any:
+    """The run's seed: results.json's, else its config's train.seed (older runs)."""
+    if results.get("seed") is not None:
+        return results["seed"]
+    return RunDir(run_dir).read_config().get("train", {}).get("seed")
 
 
 def format_stat(stat: tuple[float, float | None] | None) -> str:
@@ -67,18 +93,19 @@ def format_stat(stat: tuple[float, float | None] | None) -> str:
 
 
 def results_table(rows: list[SettingRow]) -> str:
-    """Markdown table: setting, Many / Medium / Few / All (mean ± std, %), number of seeds."""
+    """Markdown table: setting, Many / Medium / Few / All (mean ± std, %), number of distinct seeds (and of runs
+    when a seed ran twice)."""
     lines = [f"| setting | {' | '.join(HEADERS)} | seeds |", "| --- |" + " ---: |" * (len(HEADERS) + 1)]
     for r in rows:
         cells = " | ".join(format_stat(r.stats[c]) for c in ACCURACY_COLUMNS)
-        lines.append(f"| {r.label} | {cells} | {len(r.run_dirs)} |")
+        lines.append(f"| {r.label} | {cells} | {r.seeds_cell()} |")
     return "\n".join(lines)
 
 
 def write_csv(rows: list[SettingRow], path: Path) -> None:
     """The table as CSV: formatted cells plus the numbers behind them (mean and std per group)."""
     keys = list(dict.fromkeys(k for r in rows for k in r.params))
-    header = ["setting", *keys, *HEADERS, "seeds"]
+    header = ["setting", *keys, *HEADERS, "seeds", "runs"]
     header += [f"{c}_{s}" for c in ACCURACY_COLUMNS for s in ("mean", "std")]
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
@@ -89,7 +116,8 @@ def write_csv(rows: list[SettingRow], path: Path) -> None:
                 mean, std = r.stats[c] or (None, None)
                 numbers += ["" if mean is None else f"{mean:.4f}", "" if std is None else f"{std:.4f}"]
             cells = [format_stat(r.stats[c]) for c in ACCURACY_COLUMNS]
-            writer.writerow([r.label, *(r.params.get(k, "") for k in keys), *cells, len(r.run_dirs), *numbers])
+            row = [r.label, *(r.params.get(k, "") for k in keys), *cells, len(r.seeds), len(r.run_dirs), *numbers]
+            writer.writerow(row)
 
 
 def _text(value: Any) -> str:
@@ -97,9 +125,41 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+@dataclass
+class RunPaths:
+    """What ``ltcl compare`` was given, sorted: finished runs, unfinished ones (config.yaml but no results.json),
+    and paths that are no run at all (files, directories without config.yaml)."""
+
+    finished: list[Path] = field(default_factory=list)
+    unfinished: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def sort_run_paths(paths: list[str | Path]) -> RunPaths:
+    """Sorts the paths of a shell glob such as ``runs/*``; a path that does not exist counts as finished, so that
+    :func:`compare_runs` names it in its error."""
+    sorted_paths = RunPaths()
+    for path in map(Path, paths):
+        run = RunDir(path)
+        if not path.exists() or run.is_finished():
+            sorted_paths.finished.append(path)
+        elif path.is_dir() and (run / RunDir.CONFIG).is_file():
+            sorted_paths.unfinished.append(path)
+        else:
+            sorted_paths.skipped.append(path)
+    return sorted_paths
+
+
+def trained_epochs(run: RunDir, configured: int) -> int:
+    """The epochs a run trained to: the last ``--extend-epochs`` recorded in resumes.jsonl, else its config's."""
+    extensions = [r["extended_epochs"][1] for r in run.read_resumes() if r.get("extended_epochs")]
+    return int(extensions[-1]) if extensions else configured
+
+
 def compare_runs(run_dirs: list[str | Path]) -> list[SettingRow]:
     """Groups runs whose configs are identical except seed, run name and output dir; labels each group by the
-    config values that differ between groups (the first run directory's name when none differ).
+    config values that differ between groups (the first run directory's name when none differ). An extended run
+    counts with the epochs it trained (``optim.epochs`` as extended), not those its config.yaml was written with.
 
     Raises:
         FileNotFoundError: a run directory that does not exist or holds no results.json (named in the message).
@@ -111,6 +171,8 @@ def compare_runs(run_dirs: list[str | Path]) -> list[SettingRow]:
         run.read_results()  # fail early, naming the directory
         values = run.read_config()
         values.pop("run", None)
+        if "epochs" in values.get("optim", {}):
+            values["optim"]["epochs"] = trained_epochs(run, values["optim"]["epochs"])
         flat = {k: _text(v) for k, v in flatten(values).items() if k not in COMPARE_IGNORES}
         key = tuple(sorted(flat.items()))
         groups.setdefault(key, []).append(d)

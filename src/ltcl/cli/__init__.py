@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ltcl import __version__
 from ltcl.cli import analyses, data, methods, train, use
 from ltcl.cli.common import run_command
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ltcl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (train, use, data, methods, analyses):
         module.register(commands)

@@ -39,10 +39,24 @@ class _HelpFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
+def default_conflicts_out(runs, all_epochs: bool) -> Path:
+    """``analysis_conflicts[_with_<other runs>][_all_epochs].png`` in the first run's directory: a name no run
+    writes, so that a run's own conflicts.png (its last epoch, drawn by ltcl train) is never replaced."""
+    from ltcl.analysis.sweep import safe_name
+
+    parts = ["analysis_conflicts"]
+    others = "+".join(safe_name(run.path.name) for run in runs[1:])
+    if others:
+        parts.append(f"with_{others}" if len(others) <= 60 else f"with_{len(runs) - 1}_runs")
+    if all_epochs:
+        parts.append("all_epochs")
+    return runs[0] / ("_".join(parts) + ".png")
+
+
 def cmd_conflicts(args: argparse.Namespace) -> int:
     from ltcl.analysis.conflicts import group_means
     from ltcl.analysis.plots import plot_conflicts
-    from ltcl.analysis.run_plots import CONFLICT_PLOT, conflict_series
+    from ltcl.analysis.run_plots import conflict_series
     from ltcl.data.longtail import ACCURACY_COLUMNS
     from ltcl.engine.rundir import RunDir
 
@@ -58,7 +72,7 @@ def cmd_conflicts(args: argparse.Namespace) -> int:
         cells = " | ".join("n/a" if means[c] is None else f"{means[c]:.3f}" for c in ACCURACY_COLUMNS)
         lines.append(f"| {one.label} | {one.epochs} | {cells} |")
         series.append(one)
-    out = Path(args.out) if args.out else runs[0] / CONFLICT_PLOT
+    out = Path(args.out) if args.out else default_conflicts_out(runs, args.all_epochs)
     many, few = runs[0].thresholds()  # the count axis marks the first run's shot groups
     plot_conflicts(series, out, many=many, few=few, all_epochs=args.all_epochs)
     print("SCL gradient-conflict ratio (conflicting / positive pairs), mean over the classes of each group:")
@@ -84,6 +98,11 @@ def cmd_tsne(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
     emb = collect_embeddings(trained, classes, split=args.split, max_per_class=args.max_per_class, seed=args.seed)
+    empty = [c for c in classes if not (emb.labels == c).any()]
+    if empty:
+        missing = ", ".join(trained.class_names[c] for c in empty)
+        print(f"note: the {args.split} split has no image of {missing}; left out of the figure.")
+    classes = [c for c in classes if c not in empty]
     points = tsne_2d(emb.vectors, seed=args.seed)
     groups = shot_groups(counts, many=data.many_threshold, few=data.few_threshold).tolist()
     what = (
@@ -103,7 +122,7 @@ def cmd_tsne(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ltcl.analysis import sweep
-    from ltcl.analysis.tables import results_table
+    from ltcl.analysis.tables import LAST_EPOCH_NOTE, results_table
 
     if args.nproc_per_node is not None and not args.print_commands:
         raise UserError("--nproc-per-node only applies with --print-commands (the sweep itself runs in one process).")
@@ -116,38 +135,50 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.print_commands:
         print("\n".join(sweep.sweep_commands(args.config, runs, out, args.nproc_per_node or 1)))
         return 0
-    rows = sweep.run_sweep(args.config, axes, runs, out)
-    print(f"\nSweep of {args.config}: test accuracy in %, mean ± std over seeds")
+    rows = sweep.run_sweep(args.config, axes, runs, out, args.overrides)
+    print(f"\nSweep of {args.config}: {LAST_EPOCH_NOTE[0].lower()}{LAST_EPOCH_NOTE[1:]}, mean ± std over seeds")
     print(results_table(rows))
     print(f"wrote {out / 'sweep.md'} and {out / 'sweep.csv'}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ltcl.analysis.tables import compare_runs, results_table, write_csv
+    from ltcl.analysis.tables import LAST_EPOCH_NOTE, compare_runs, results_table, sort_run_paths, write_csv
+    from ltcl.engine.rundir import RunDir
 
-    # A shell glob such as runs/x/* also matches a sweep's own sweep.csv and sweep.md: only directories are runs.
-    run_dirs = []
-    for path in map(Path, args.run_dirs):
-        if path.exists() and not path.is_dir():
-            print(f"skipping {path}: not a run directory", file=sys.stderr)
-        else:
-            run_dirs.append(path)  # a missing directory, or one without results.json, fails in compare_runs
-    if not run_dirs:
+    # A shell glob such as runs/* also matches a sweep's own sweep.csv and sweep.md, and runs still training.
+    paths = sort_run_paths(args.run_dirs)
+    for path in paths.skipped:
+        print(f"skipping {path}: not a run directory", file=sys.stderr)
+    if not paths.finished:
+        if paths.unfinished:
+            raise UserError(
+                f"No run has finished yet among {', '.join(map(str, paths.unfinished))}: none holds {RunDir.RESULTS}."
+            )
         raise UserError(
             f"None of {', '.join(args.run_dirs)} is a run directory; give the directories of finished runs."
         )
-    rows = compare_runs(run_dirs)
+    rows = compare_runs(paths.finished)  # a missing directory fails here, named
     table = results_table(rows)
-    print("Test accuracy in %, mean ± sample std over the runs of each setting:")
+    notes = []
+    untested = [d for r in rows for d in r.untested]
+    if untested:
+        notes.append(f"no test split (n/a, no number in the means): {', '.join(map(str, untested))}")
+    if paths.unfinished:
+        notes.append(f"unfinished (no {RunDir.RESULTS} yet, left out): {', '.join(map(str, paths.unfinished))}")
+    print(f"{LAST_EPOCH_NOTE}, mean ± sample std over the runs of each setting:")
     print(table)
+    for note in notes:
+        print(note)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         runs = "\n".join(f"- {r.label}: {', '.join(str(d) for d in r.run_dirs)}" for r in rows)
+        runs += "".join(f"\n- {note}" for note in notes)
         out.write_text(
-            f"# Comparison\n\nTest accuracy in %, mean ± sample std over seeds (a plain mean "
-            f"for one run); n/a: the shot group has no class.\n\n{table}\n\nRuns:\n\n{runs}\n"
+            f"# Comparison\n\n{LAST_EPOCH_NOTE}, mean ± sample std over seeds (a plain mean "
+            f"for one run); n/a: the shot group has no class, or no run has a test split.\n\n{table}\n\n"
+            f"Runs:\n\n{runs}\n"
         )
         write_csv(rows, out.with_suffix(".csv"))
         print(f"wrote {out} and {out.with_suffix('.csv')}")
@@ -176,7 +207,10 @@ def register(commands) -> None:
     )
     a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding conflicts.csv")
     a.add_argument(
-        "--out", metavar="FILE.png", help="where to write the figure (default: RUN_DIR/conflicts.png of the first run)"
+        "--out",
+        metavar="FILE.png",
+        help="where to write the figure (default: analysis_conflicts[_with_<runs>][_all_epochs].png in the first "
+        "run's directory, never the run's own conflicts.png)",
     )
     a.add_argument(
         "--all-epochs",
@@ -260,15 +294,17 @@ def register(commands) -> None:
         "compare",
         help="table of finished runs grouped into settings (mean ± std)",
         description="Group finished runs whose resolved configs differ only in "
-        "train.seed, train.run_name and train.output_dir, and print Many / Medium / "
-        "Few / All as mean ± std over each group. Rows are labelled by the config values "
-        "that differ.",
+        "train.seed, train.run_name and train.output_dir (an extended run counts with the "
+        "epochs it trained), and print the last-epoch model's Many / Medium / Few / All test "
+        "accuracy as mean ± std over each group, with the number of distinct seeds. Rows are "
+        "labelled by the config values that differ. Unfinished runs are listed, not tabulated.",
     )
     p.add_argument(
         "run_dirs",
         nargs="+",
         metavar="RUN_DIR",
-        help="run directories holding results.json (files among them, such as a sweep's sweep.csv, are skipped)",
+        help="run directories holding results.json (files among them, such as a sweep's sweep.csv, are skipped; "
+        "unfinished runs are listed below the table)",
     )
     p.add_argument("--out", metavar="FILE.md", help="also write the table as Markdown, and as CSV next to it")
     p.set_defaults(run=cmd_compare)

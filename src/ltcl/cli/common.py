@@ -31,13 +31,29 @@ def add_set_option(
     )
 
 
-def add_device_option(parser: argparse.ArgumentParser) -> None:
+def add_device_option(parser: argparse.ArgumentParser, config_key: str | None = None) -> None:
+    """``--device auto|cpu|cuda``; with ``config_key`` it stands for ``--set config_key=...`` (default: the
+    config's value), see :func:`device_override`."""
     parser.add_argument(
         "--device",
-        default="auto",
+        default=None if config_key else "auto",
         choices=["auto", "cpu", "cuda"],
-        help="where to run (default auto: CUDA when available)",
+        help=f"where to run (the same as --set {config_key}=...; default: the config's)"
+        if config_key
+        else "where to run (default auto: CUDA when available)",
     )
+
+
+def device_override(device: str | None, overrides: list[str], key: str) -> list[str]:
+    """``overrides`` with ``key=device`` added when ``--device`` was given; a ``--set key=...`` that says
+    otherwise is a UserError."""
+    if device is None:
+        return overrides
+    for text in overrides:
+        name, _, value = text.partition("=")
+        if name.strip() == key and value.strip() != device:
+            raise UserError(f"--device {device} and --set {text.strip()} disagree; give one of them.")
+    return [*overrides, f"{key}={device}"]
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ltcl.cli.common import UserError, add_set_option
+from ltcl.cli.common import UserError, add_device_option, add_set_option, device_override
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -16,6 +16,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ltcl.engine.rundir import RunDir
     from ltcl.engine.trainer import train
 
+    args.overrides = device_override(args.device, args.overrides, "train.device")
     if args.resume:
         if args.plugin:
             raise UserError("--plugin starts a run; a resumed run loads the plugins recorded in its config.")
@@ -45,6 +46,7 @@ def register(commands) -> None:
     )
     p.add_argument("-c", "--config", help="YAML config file (see configs/); optional with --resume")
     add_set_option(p)
+    add_device_option(p, config_key="train.device")
     p.add_argument(
         "--resume",
         metavar="CHECKPOINT",

@@ -14,11 +14,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ltcl.engine.inference import evaluate_split, load_trained_model
 
     trained = load_trained_model(args.checkpoint, args.overrides, device=args.device)
-    result = evaluate_split(trained, args.split)
+    tau = args.logit_adjust
+    result = evaluate_split(trained, args.split, logit_adjust_tau=tau or 0.0)
     if args.json:
-        print(json.dumps({"split": args.split, "epoch": trained.epoch, "images": result.images, **result.as_dict()}))
+        entry = {"split": args.split, "epoch": trained.epoch, "images": result.images, **result.as_dict()}
+        print(json.dumps(entry | ({} if tau is None else {"logit_adjust_tau": tau})))
     else:
         print(f"{args.checkpoint} (epoch {trained.epoch}), {result.images:,} {args.split} images, accuracy in %")
+        if tau is not None:
+            print(f"logit adjustment applied: logits - {tau:g} * log(training prior), before the prediction")
         print(format_table({args.split: result}))
     return 0
 
@@ -67,6 +71,13 @@ def register(commands) -> None:
         example="--set data.root=/new/place/of/the/data",
     )
     add_device_option(p)
+    p.add_argument(
+        "--logit-adjust",
+        type=float,
+        metavar="TAU",
+        help="post-hoc logit adjustment: subtract TAU * log(training prior) from the logits before the "
+        "prediction, as predict --logit-adjust (useful for CE-trained models; default: none)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(run=cmd_eval)
 

@@ -97,13 +97,34 @@ def missing_split_hint(cfg: Config, split: str) -> str:
     return f"{how}, or use --split {other}"
 
 
-def evaluate_split(trained: TrainedModel, split: str) -> EvalResult:
-    """Many / Medium / Few / All of the checkpoint on its ``val`` or ``test`` split, with the training precision."""
+class _AdjustedLogits(torch.nn.Module):
+    """The model with ``adjustment`` (C,) subtracted from its logits (post-hoc logit adjustment)."""
+
+    def __init__(self, model: torch.nn.Module, adjustment: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.num_classes = model, model.num_classes
+        self.register_buffer("adjustment", adjustment)
+
+    def forward(self, images: torch.Tensor, **kwargs):
+        out = self.model(images, **kwargs)
+        return out._replace(logits=out.logits.float() - self.adjustment)
+
+
+def evaluate_split(trained: TrainedModel, split: str, logit_adjust_tau: float = 0.0) -> EvalResult:
+    """Many / Medium / Few / All of the checkpoint on its ``val`` or ``test`` split, with the training precision.
+
+    Args:
+        logit_adjust_tau: post-hoc logit adjustment, as :func:`predict_images`: the prediction is the argmax of
+            ``logits - tau * log prior`` (the training prior); 0 evaluates the logits as trained.
+    """
     cfg = trained.cfg
     loader = DataLoader(
         evaluation_split(trained, split), batch_size=cfg.data.eval_batch_size, **loader_options(cfg, trained.device)
     )
-    return evaluate_run(cfg, trained.model, loader, trained.class_counts, trained.device, trained.amp)
+    model = trained.model
+    if logit_adjust_tau:
+        model = _AdjustedLogits(model, logit_adjust_tau * log_prior(trained.class_counts, device=trained.device))
+    return evaluate_run(cfg, model, loader, trained.class_counts, trained.device, trained.amp)
 
 
 def collect_images(items: Sequence[str]) -> list[Path]:
