@@ -163,6 +163,15 @@ class Objective(nn.Module):
     def after_step(self, step: StepRecord) -> None:
         """Called after every optimiser step, without gradients: queue updates, momentum encoders."""
 
+    def bind(self, model: nn.Module) -> None:
+        """Called once with the network, after both are built and before the optimiser: a method that needs its
+        own copy of the network (a momentum key encoder) makes it here."""
+
+    def sampler_for_epoch(self, epoch: int) -> str | None:
+        """The sampler (``data.sampler`` name) the method needs in epoch ``epoch`` (0-based), e.g. a class-balanced
+        second stage; None keeps the config's."""
+        return None
+
     def describe(self) -> str:
         """What the run header prints for this method: its name and its section's values."""
         return f"{self.name} ({describe_section(self.section)})" if self.section is not None else self.name

@@ -53,6 +53,16 @@ class ClassifyAndContrast(Objective):
         for part in self._parts():
             part.after_step(step)
 
+    def bind(self, model) -> None:
+        for part in self._parts():
+            part.bind(model)
+
+    def sampler_for_epoch(self, epoch: int) -> str | None:
+        asked = {p.sampler_for_epoch(epoch) for p in self._parts()} - {None}
+        if len(asked) > 1:
+            raise ValueError(f"The parts of {self.name} ask for different samplers in epoch {epoch + 1}: {asked}.")
+        return asked.pop() if asked else None
+
     def describe(self) -> str:
         weights = [] if self.cls_weight == 1.0 else [f"classification weight {self.cls_weight}"]
         if self.contrastive is not None:
