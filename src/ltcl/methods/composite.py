@@ -36,7 +36,8 @@ class ClassifyAndContrast(Objective):
         self.needs_features = any(p.needs_features for p in parts)  # type: ignore[misc]
 
     def forward(self, step: StepRecord) -> LossOutput:
-        cls = self.classification(step)
+        views = self.contrastive.classification_views if self.contrastive is not None else None
+        cls = self.classification(step if views is None else step.first_views(views))
         parts: dict[str, Tensor] = {"loss_cls": cls.loss.detach(), **cls.parts}
         total = cls.loss if self.cls_weight == 1.0 else self.cls_weight * cls.loss
         if self.contrastive is None:
