@@ -110,3 +110,20 @@ def global_mean(per_anchor: Tensor, has_positive: Tensor) -> Tensor:
     share = local_sum * (world / global_count).to(local_sum.dtype)
     value = (totals[0] / global_count).to(local_sum.dtype)
     return share + (value - share).detach()
+
+
+def gather_equal_rows(tensor: Tensor) -> Tensor:
+    """All-gathers a tensor of the same shape on every rank, in rank order, without gradient (a queue's keys and
+    labels, a method's batch statistics); returns ``tensor`` itself for a single process.
+
+    Args:
+        tensor: (n, ...) this rank's rows, the same n on every rank.
+
+    Returns:
+        (world * n, ...) the rows of all ranks.
+    """
+    if not is_initialized():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)

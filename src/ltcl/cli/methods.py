@@ -9,6 +9,7 @@ import json
 
 def registered(plugins: list[str]) -> dict[str, list[dict]]:
     """What the registries hold (built-in and from ``plugins``), as plain data."""
+    from ltcl.data.samplers import SAMPLERS
     from ltcl.methods import OBJECTIVES
     from ltcl.models import BACKBONES, FINETUNE_MODES
     from ltcl.plugins import load_plugins
@@ -32,11 +33,12 @@ def registered(plugins: list[str]) -> dict[str, list[dict]]:
         {"family": name, "names": list(f.names) or [f"{f.prefix}<name>"], "paper": f.paper}
         for name, f in BACKBONES.items()
     ]
+    samplers = [{"name": name, "paper": p.paper} for name, p in SAMPLERS.items()]
     modes = [
         {"name": name + (f":{m.argument.split()[-1]}" if m.argument else ""), "paper": m.paper}
         for name, m in FINETUNE_MODES.items()
     ]
-    return {"methods": methods, "backbones": backbones, "finetune": modes}
+    return {"methods": methods, "backbones": backbones, "finetune": modes, "samplers": samplers}
 
 
 def _default(f: dataclasses.Field):
@@ -56,6 +58,8 @@ def format_registered(info: dict[str, list[dict]]) -> str:
     lines.append("backbone families (model.backbone):")
     for b in info["backbones"]:
         lines.append(f"  {b['family']}: {', '.join(b['names'])} ({b['paper']})")
+    lines.append("samplers (data.sampler):")
+    lines += [f"  {s['name']}: {s['paper']}" for s in info["samplers"]]
     lines.append("fine-tuning modes (model.finetune):")
     for m in info["finetune"]:
         lines.append(f"  {m['name']}: {m['paper']}")

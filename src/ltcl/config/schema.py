@@ -57,6 +57,8 @@ class DataConfig:
     subset_seed: int = 0  # seed of the long-tailed subset selection (0 gives LDAM-DRW's published subsets)
     many_threshold: int = field(default=100, metadata=AT_LEAST_0)  # classes with more training images are many-shot
     few_threshold: int = field(default=20, metadata=AT_LEAST_0)  # classes with fewer training images are few-shot
+    # which images an epoch draws: instance | class_balanced | square_root | progressive (`ltcl methods` lists them)
+    sampler: str = "instance"
     batch_size: int = field(default=128, metadata=AT_LEAST_1)  # images per optimisation step, summed over all processes
     eval_batch_size: int = field(default=256, metadata=AT_LEAST_1)
     # loader: PIL augmentation in DataLoader workers | device: in-memory training set kept on the training device and

@@ -44,7 +44,8 @@ def header(
     lines = [
         f"ltcl train: {cfg.name} -> {run_dir} (full config in config.yaml)",
         f"  data   {cfg.data.dataset}: {sum(counts):,} train / {_size(data.val)} val / {_size(data.test)} test "
-        f"images, {data.num_classes} classes ({max(counts)} ... {min(counts)} per class; {group_sizes})",
+        f"images, {data.num_classes} classes ({max(counts)} ... {min(counts)} per class; {group_sizes}), "
+        f"sampler {cfg.data.sampler}",
         f"  model  {m.backbone}, finetune {m.finetune}, weights: {weights_origin(m)}; {m.classifier} classifier, "
         f"{head}; {params.trainable:,} of {params.total:,} parameters train",
         f"  loss   {objective.describe()}; {views}",

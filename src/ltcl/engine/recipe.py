@@ -141,7 +141,14 @@ def eval_loader(cfg: Config, views: ViewsConfig, dataset, ctx: DistributedContex
 def train_loader(cfg: Config, views: ViewsConfig, data: DataBundle, ctx: DistributedContext):
     """The batch sampler (its ``set_epoch`` picks the epoch and first batch) and the training loader."""
     sampler = EpochBatchSampler(
-        len(data.train), cfg.data.batch_size, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size
+        len(data.train),
+        cfg.data.batch_size,
+        seed=cfg.train.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        labels=torch.as_tensor(data.train.targets, dtype=torch.int64),
+        policy=cfg.data.sampler,
+        epochs=cfg.optim.epochs,
     )
     if cfg.data.augment_on == "device":
         return sampler, DeviceViewLoader(views, cfg.train.seed, data.train, sampler, data.view_counts, ctx.device)
@@ -172,6 +179,7 @@ def build_train_state(
     objective = build_objective(
         cfg, data.train_counts, feature_dim=model.feature_dim, gather_distributed=ctx.enabled
     ).to(ctx.device)
+    objective.bind(model)
     own = [p for p in objective.parameters() if p.requires_grad]  # trainable parts of the method (BCL's head)
     optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad] + own)
     run = torch.compile(model) if cfg.train.compile else model

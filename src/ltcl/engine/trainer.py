@@ -162,7 +162,8 @@ def _epochs(
     with InterruptGuard() as guard:
         monitor = StepMonitor(state, checkpointer, guard, show_progress_bar(cfg.train.progress, ctx.is_main))
         while state.epoch < cfg.optim.epochs:
-            sampler.set_epoch(state.epoch, state.batch)
+            policy = state.objective.sampler_for_epoch(state.epoch) or cfg.data.sampler
+            sampler.set_epoch(state.epoch, state.batch, policy=policy)
             state.objective.set_epoch(state.epoch)
             monitor.start_epoch()
             finished = train_one_epoch(state, loader, monitor)

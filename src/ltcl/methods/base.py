@@ -74,6 +74,20 @@ class StepRecord:
         """The rows of views ``first .. stop - 1`` (0-based), a contiguous block of the view-major layout."""
         return slice(first * self.batch_size, stop * self.batch_size)
 
+    def first_views(self, k: int) -> StepRecord:
+        """The record restricted to views ``0 .. k - 1`` (logits, labels, projections, features, mask)."""
+        rows = self.view_rows(0, min(k, self.num_views))
+        cut = lambda t: None if t is None else t[rows]  # noqa: E731
+        return dataclasses.replace(
+            self,
+            logits=self.logits[rows],
+            labels=self.labels[rows],
+            projections=cut(self.projections),
+            features=cut(self.features),
+            contrastive_mask=self.contrastive_mask[rows],
+            num_views=min(k, self.num_views),
+        )
+
 
 class LossOutput(NamedTuple):
     """An objective's result for one step.
@@ -130,6 +144,8 @@ class Objective(nn.Module):
         section_name: the config section's name (default: ``name``).
         needs_projections: the step must compute projections (a contrastive term).
         needs_features: the step must hand over the backbone features.
+        classification_views: (contrastive terms) how many leading views the classification loss of ``CLS+CON``
+            sees; None for all of them.
 
     Instances set ``stat_names``: the names of the parts their forward returns.
 
@@ -144,6 +160,8 @@ class Objective(nn.Module):
     section_name: ClassVar[str] = ""
     needs_projections: ClassVar[bool] = False
     needs_features: ClassVar[bool] = False
+    # A contrastive term may give the classification loss only the first k views (BCL: view 1); None: all views.
+    classification_views: int | None = None
 
     def __init__(self, setup: ObjectiveSetup) -> None:
         super().__init__()
@@ -162,6 +180,15 @@ class Objective(nn.Module):
 
     def after_step(self, step: StepRecord) -> None:
         """Called after every optimiser step, without gradients: queue updates, momentum encoders."""
+
+    def bind(self, model: nn.Module) -> None:
+        """Called once with the network, after both are built and before the optimiser: a method that needs its
+        own copy of the network (a momentum key encoder) makes it here."""
+
+    def sampler_for_epoch(self, epoch: int) -> str | None:
+        """The sampler (``data.sampler`` name) the method needs in epoch ``epoch`` (0-based), e.g. a class-balanced
+        second stage; None keeps the config's."""
+        return None
 
     def describe(self) -> str:
         """What the run header prints for this method: its name and its section's values."""

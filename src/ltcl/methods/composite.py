@@ -36,7 +36,8 @@ class ClassifyAndContrast(Objective):
         self.needs_features = any(p.needs_features for p in parts)  # type: ignore[misc]
 
     def forward(self, step: StepRecord) -> LossOutput:
-        cls = self.classification(step)
+        views = self.contrastive.classification_views if self.contrastive is not None else None
+        cls = self.classification(step if views is None else step.first_views(views))
         parts: dict[str, Tensor] = {"loss_cls": cls.loss.detach(), **cls.parts}
         total = cls.loss if self.cls_weight == 1.0 else self.cls_weight * cls.loss
         if self.contrastive is None:
@@ -52,6 +53,16 @@ class ClassifyAndContrast(Objective):
     def after_step(self, step: StepRecord) -> None:
         for part in self._parts():
             part.after_step(step)
+
+    def bind(self, model) -> None:
+        for part in self._parts():
+            part.bind(model)
+
+    def sampler_for_epoch(self, epoch: int) -> str | None:
+        asked = {p.sampler_for_epoch(epoch) for p in self._parts()} - {None}
+        if len(asked) > 1:
+            raise ValueError(f"The parts of {self.name} ask for different samplers in epoch {epoch + 1}: {asked}.")
+        return asked.pop() if asked else None
 
     def describe(self) -> str:
         weights = [] if self.cls_weight == 1.0 else [f"classification weight {self.cls_weight}"]

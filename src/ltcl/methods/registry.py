@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ltcl.config import Config, ConfigError, from_dict, to_dict
+from ltcl.data.samplers import SAMPLERS
 from ltcl.methods.base import ROLES, Objective, ObjectiveSetup
 from ltcl.methods.composite import ClassifyAndContrast
 from ltcl.models import backbone_family, parse_finetune
@@ -102,6 +103,7 @@ def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
         load_plugins(cfg.plugins)
     backbone_family(cfg.model.backbone)  # an unknown backbone or fine-tuning mode fails here, before any data is read
     parse_finetune(cfg.model.finetune)
+    SAMPLERS.get(cfg.data.sampler)
     parts = method_parts(cfg.loss.objective)
     owners = section_owners()
     typed = {}
