@@ -31,6 +31,9 @@ here differ:
   denominator, and the one followed.
 - Under ``gather_distributed`` the contrast set is the global batch, gathered with gradient; BCL's code runs on one
   process per node with ``DataParallel``, where the loss already sees the whole batch.
+
+Checked against ``BalSCL`` of that repository (commit f72d070) in float64 on the CPU, same inputs: the loss agrees
+to 1.8e-15 and the gradients to 4.5e-16 over 20 random batches.
 """
 
 from __future__ import annotations

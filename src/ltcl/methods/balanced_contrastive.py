@@ -18,6 +18,9 @@ ltcl does the same by default (``loss.bcl.views: split``): the classification pa
 - ``loss.bcl.views: all`` is the earlier ltcl reading (both losses on every view, BCL on the rows of
   ``views.contrastive_mode``), kept as an option; on the same network outputs its loss differs from the authors' by
   0.10-0.32 (four label patterns, float64), while ``split`` equals it to the last bit.
+- The projection head: the authors' has a BatchNorm after its first Linear (``models/resnext.py`` line 291); the
+  rival configs set ``model.projection_bn: true``, whose head leaves out that Linear's bias (BatchNorm cancels it).
+  The prototype head keeps the authors' exact shape.
 - Under ``torchrun`` the contrast set is the global batch (gathered with gradient); the authors run one process with
   ``DataParallel``, whose loss also sees the whole batch.
 """
