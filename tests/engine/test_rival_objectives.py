@@ -35,7 +35,7 @@ def test_gpaco_trains_as_the_whole_objective(tmp_path):
 def test_a_stateful_rival_trains_and_resumes_to_the_same_weights(tmp_path, name):
     common = [*TINY, *RIVALS[name], "optim.epochs=2", "train.max_steps_per_epoch=3", "train.deterministic=true",
               "train.amp=none"]  # fmt: skip
-    ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'straight'}"))
+    straight = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'straight'}"))
     proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'stopped'}"),
                 env={TEST_SIGNAL_AT_STEP: "4:TERM"}, check=False)  # fmt: skip
     assert proc.returncode == 128 + signal.SIGTERM
@@ -48,6 +48,10 @@ def test_a_stateful_rival_trains_and_resumes_to_the_same_weights(tmp_path, name)
             assert torch.equal(want[part][key], got[part][key]), (part, key)
     if name == "la_bcl":
         assert any(k.startswith("contrastive.prototype_head.") for k in want["objective"])
+        # BCL's own split of the four digits views, and its statistic in the epoch line and metrics.csv
+        assert "bcl (tau 0.1, views split: classification on view 1, BCL on views 2-3)" in straight.stdout
+        assert "bcl_proto_cos" in straight.stdout
+        assert "bcl_proto_cos" in (tmp_path / "straight" / "digits_lt" / "metrics.csv").read_text().splitlines()[0]
     if name == "ldam_drw":  # re-weighting switched on for the second epoch (0-based epoch 1)
         assert bool(want["objective"]["classification.loss.reweighting"])
     results = json.loads((tmp_path / "straight" / "digits_lt" / "results.json").read_text())

@@ -14,7 +14,9 @@ from ltcl.methods.registry import register_objective
 class LogitAdjustSection:
     """``loss.la``."""
 
-    tau: float = field(default=1.0, metadata=NON_NEGATIVE)  # logits + tau * log prior (Menon et al.: tau = 1)
+    # logits + tau * log prior. Menon et al.: tau = 1; BCL's code too (FlamieZhu/Balanced-Contrastive-Learning,
+    # loss/logitadjust.py line 10 default tau=1, which main.py line 231 keeps).
+    tau: float = field(default=1.0, metadata=NON_NEGATIVE)
 
 
 @register_objective
