@@ -47,8 +47,23 @@ SETTINGS = {
     "bs_acl_nocenters": ("BS + ACL without class centres", ["loss.acl.use_centers=false"]),
     # GPaCo: its CIFAR weights (alpha 0.01, beta = gamma = 1) on our views and schedule; it classifies itself.
     "gpaco": ("GPaCo", ["loss.objective=gpaco"]),
-    # BCL: logit-adjusted CE weighted 2.0 plus BCL weighted 0.6 at tau 0.1 (its paper's CIFAR values).
-    "la_bcl": ("LA + BCL", ["loss.objective=la+bcl", "loss.cls_weight=2.0", "loss.alpha=0.6", "loss.temperature=0.1"]),
+    # BCL as its authors run it (configs/rivals/cifar10_lt_if100_la_bcl.yaml): logit adjustment on view 1 weighted
+    # 2.0, BCL on views 2-3 weighted 0.6 at tau 0.1, three views, a 512-128 head with BatchNorm
+    "la_bcl": (
+        "LA + BCL",
+        [
+            "loss.objective=la+bcl",
+            "loss.cls_weight=2.0",
+            "loss.alpha=0.6",
+            "loss.temperature=0.1",
+            "views.num_views=3",
+            "views.presets=[cifar_autoaugment_cutout,simclr,simclr]",
+            "views.contrastive_mode=uniform",
+            "model.projection_hidden=512",
+            "model.projection_dim=128",
+            "model.projection_bn=true",
+        ],
+    ),
     # LDAM-DRW: cosine logits scaled by s = 30 in the loss, re-weighting from 80% of the epochs.
     "ldam_drw": ("LDAM-DRW", ["loss.objective=ldam", "model.classifier=cosine", "model.cosine_scale=1.0"]),
     # The defaults' check (BS + ACL, short schedule): float32 with PIL loader workers (the old default) against

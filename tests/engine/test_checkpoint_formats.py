@@ -35,6 +35,8 @@ def test_a_format_2_checkpoint_restores_every_state_under_its_new_name(name):
     cfg = resolve_config(from_dict(loaded["config"]))
     if name == "bs_acl":
         assert cfg.loss.sections["acl"]["center_momentum"] == 0.8  # the old flat key, moved
+    else:  # BCL of that version contrasted and classified every view: the run continues the same way
+        assert cfg.loss.sections["bcl"]["views"] == "all"
     data = build_data(cfg, views=model_views(cfg))
     ctx = DistributedContext(0, 1, 0, torch.device("cpu"))
     state, _, _ = build_train_state(cfg, data, ctx, load_weights=False)

@@ -72,6 +72,7 @@ def test_old_flat_keys_in_a_checkpoint_config_move_to_their_sections():
     moved = migrate_renamed_keys(old)
     assert moved["loss"] == {"objective": "ldam", "acl": {"center_momentum": 0.7},
                              "ldam": {"drw_start_epoch": 3}, "gpaco": {"alpha": 0.2}}  # fmt: skip
+    assert migrate_renamed_keys({"loss": {"objective": "la+bcl"}})["loss"]["bcl"] == {"views": "all"}
     assert "center_momentum" in old["loss"]  # the input is left alone
 
 

@@ -187,11 +187,15 @@ def _plain(value: Any) -> Any:
 
 
 def migrate_renamed_keys(values: dict[str, Any]) -> dict[str, Any]:
-    """A config dict of an earlier ltcl version with its renamed keys moved to their new place (checkpoints)."""
+    """A config dict of an earlier ltcl version (a format-2 checkpoint) with its renamed keys moved to their new
+    place, and the defaults that changed since set to what that version did (BCL on every view)."""
     values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
     for old, new in RENAMED_KEYS.items():
         section, key = old.split(".")
         if key in values.get(section, {}):
             _, method, name = new.split(".")
             values[section].setdefault(method, {})[name] = values[section].pop(key)
+    objective = str(values.get("loss", {}).get("objective", ""))
+    if objective.endswith("+bcl"):  # before loss.bcl.views, BCL classified and contrasted every view
+        values["loss"].setdefault("bcl", {}).setdefault("views", "all")
     return values
