@@ -164,10 +164,10 @@ class PaCo(Objective):
         rows = step.view_rows(QUERY_VIEW, QUERY_VIEW + 1)
         labels = step.labels[rows]
         keys, key_labels = self._keys(view_images(step, KEY_VIEW), labels)
-        keys = keys.float()
+        keys = keys.to(self.queue.dtype)  # float32 (the queue's) also under autocast
         size = self.queue.shape[0]
         filled = torch.arange(size, device=self.queue.device) < self.queue_filled
-        memory = torch.cat([keys.to(self.queue.dtype), self.queue])
+        memory = torch.cat([keys, self.queue])
         memory_labels = torch.cat([key_labels, self.queue_labels])
         memory_mask = torch.cat([torch.ones_like(key_labels, dtype=torch.bool), filled])
         terms = self.loss(step.projections[rows], labels, step.logits[rows], memory, memory_labels, memory_mask)
