@@ -275,15 +275,15 @@ def test_two_processes_keep_one_queue_and_train_as_one_process_on_the_global_bat
 
 
 def test_paco_trains_from_the_cli_and_resumes_to_the_same_weights(tmp_path):
-    common = [*TINY, "loss.objective=paco", "loss.paco.queue_size=96", "optim.epochs=2",
-              "train.max_steps_per_epoch=3", "train.deterministic=true", "train.amp=none"]  # fmt: skip
+    common = [*TINY, "loss.objective=paco", "loss.paco.queue_size=64", "optim.epochs=2",
+              "train.max_steps_per_epoch=2", "train.deterministic=true", "train.amp=none"]  # fmt: skip
     straight = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'straight'}"))
     assert "loss   paco (alpha 0.01, beta 1.0, gamma 1.0, tau 0.1; query view 1, key view 2 through a momentum " in (
         straight.stdout
     )
-    assert "queue_fill 0.3333 | positives" in straight.stdout  # epoch 1: 0, 32, 64 of 96 slots -> mean 1/3
+    assert "queue_fill 0.2500 | positives" in straight.stdout  # epoch 1: 0 then 32 of 64 slots -> mean 1/4
     proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'stopped'}"),
-                env={TEST_SIGNAL_AT_STEP: "4:TERM"}, check=False)  # fmt: skip
+                env={TEST_SIGNAL_AT_STEP: "3:TERM"}, check=False)  # fmt: skip
     assert proc.returncode == 128 + signal.SIGTERM
     ltcl("train", "--resume", str(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt"))
     want = torch.load(tmp_path / "straight" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
@@ -293,7 +293,7 @@ def test_paco_trains_from_the_cli_and_resumes_to_the_same_weights(tmp_path):
         for key in want[part]:
             assert torch.equal(want[part][key], got[part][key]), (part, key)
     assert any(k.startswith("key_encoder.") for k in want["objective"])
-    assert int(want["objective"]["steps"]) == 6 and int(want["objective"]["queue_filled"]) == 96
+    assert int(want["objective"]["steps"]) == 4 and int(want["objective"]["queue_filled"]) == 64
     rows = (tmp_path / "straight" / "digits_lt" / "metrics.csv").read_text().splitlines()
     assert "queue_fill" in rows[0] and "positives" in rows[0]
     results = json.loads((tmp_path / "straight" / "digits_lt" / "results.json").read_text())
