@@ -287,3 +287,20 @@ def test_collate_errors():
         collate(items)
     with pytest.raises(ValueError, match="group outputs"):
         collate(_constant_items([32, 16], [0])).reassemble([torch.zeros(2)])
+
+
+def test_first_views_keeps_the_rows_of_the_leading_views_of_every_size_group():
+    b = 3
+    # views 0 and 1 at 4 px, views 2 and 3 at 2 px; each pixel holds 10 * view + image
+    groups = [
+        torch.stack([torch.full((3, 4, 4), float(10 * v + i)) for v in (0, 1) for i in range(b)]),
+        torch.stack([torch.full((3, 2, 2), float(10 * v + i)) for v in (2, 3) for i in range(b)]),
+    ]
+    batch = MultiViewBatch(groups, [[0, 1], [2, 3]], torch.arange(b), torch.ones(4, b, dtype=torch.bool))
+    assert batch.first_views(4) is batch
+    three = batch.first_views(3)
+    assert three.group_views == [[0, 1], [2]] and three.num_views == 3
+    assert [g[:, 0, 0, 0].tolist() for g in three.groups] == [[0, 1, 2, 10, 11, 12], [20, 21, 22]]
+    one = batch.first_views(1)
+    assert one.group_views == [[0]] and [g[:, 0, 0, 0].tolist() for g in one.groups] == [[0, 1, 2]]
+    assert one.reassemble([g[:, 0, 0, 0] for g in one.groups]).tolist() == [[0, 1, 2]]

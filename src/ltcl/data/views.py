@@ -127,6 +127,20 @@ class MultiViewBatch:
             contrastive_mask=fn(self.contrastive_mask),
         )
 
+    def first_views(self, k: int) -> MultiViewBatch:
+        """The batch with views ``0 .. k - 1`` only (groups left empty are dropped); the same batch when k >= V."""
+        if k >= self.num_views:
+            return self
+        b = self.batch_size
+        groups, views = [], []
+        for group, members in zip(self.groups, self.group_views):
+            keep = [j for j, v in enumerate(members) if v < k]
+            if keep:
+                rows = torch.cat([torch.arange(j * b, (j + 1) * b) for j in keep]).to(group.device)
+                groups.append(group if len(keep) == len(members) else group.index_select(0, rows))
+                views.append([members[j] for j in keep])
+        return MultiViewBatch(groups, views, self.labels, self.contrastive_mask[:k])
+
     def pin_memory(self) -> MultiViewBatch:
         """A copy in page-locked memory (the DataLoader calls this when ``pin_memory=True``)."""
         return self._map(lambda t: t.pin_memory())

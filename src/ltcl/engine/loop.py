@@ -39,7 +39,11 @@ class MultiViewForward(nn.Module):
 
 
 def step_record(forward: nn.Module, model: nn.Module, objective: Objective, batch: MultiViewBatch) -> StepRecord:
-    """Forward of every view group, stacked view-major into the objective's :class:`StepRecord`."""
+    """Forward of every view group the objective trains on, stacked view-major into its :class:`StepRecord`
+    (``step.images`` keeps every view)."""
+    every_view = batch
+    if objective.network_views is not None:
+        batch = batch.first_views(objective.network_views)
     outputs = forward(batch.groups, objective.needs_projections)
     projections = features = None
     if objective.needs_projections:
@@ -55,8 +59,8 @@ def step_record(forward: nn.Module, model: nn.Module, objective: Objective, batc
         batch_size=batch.batch_size,
         model=model,
         features=features,
-        images=batch.groups,
-        group_views=batch.group_views,
+        images=every_view.groups,
+        group_views=every_view.group_views,
     )
 
 

@@ -146,6 +146,8 @@ class Objective(nn.Module):
         needs_features: the step must hand over the backbone features.
         classification_views: (contrastive terms) how many leading views the classification loss of ``CLS+CON``
             sees; None for all of them.
+        network_views: how many leading views the network is run on (the others are only in ``step.images``,
+            so their batch statistics never mix with the trained views'); None for all of them.
 
     Instances set ``stat_names``: the names of the parts their forward returns.
 
@@ -162,6 +164,9 @@ class Objective(nn.Module):
     needs_features: ClassVar[bool] = False
     # A contrastive term may give the classification loss only the first k views (BCL: view 1); None: all views.
     classification_views: int | None = None
+    # The network trains on the first k views only (PaCo: the query view; the others reach the method through
+    # step.images, e.g. for a key encoder); None: every view goes through the network.
+    network_views: int | None = None
 
     def __init__(self, setup: ObjectiveSetup) -> None:
         super().__init__()

@@ -34,6 +34,8 @@ class ClassifyAndContrast(Objective):
         self.stat_names = own + tuple(n for p in parts for n in p.stat_names)
         self.needs_projections = any(p.needs_projections for p in parts)  # type: ignore[misc]
         self.needs_features = any(p.needs_features for p in parts)  # type: ignore[misc]
+        limits = [p.network_views for p in parts if p.network_views is not None]
+        self.network_views = max(limits) if len(limits) == len(parts) else None
 
     def forward(self, step: StepRecord) -> LossOutput:
         views = self.contrastive.classification_views if self.contrastive is not None else None

@@ -77,6 +77,7 @@ class PaCo(Objective):
     paper = "Cui et al., Parametric Contrastive Learning, ICCV 2021"
     Section = PaCoSection
     needs_projections = True
+    network_views = 1  # the query encoder sees view 1 only (its BatchNorm statistics too); view 2 goes to the keys
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -159,8 +160,6 @@ class PaCo(Objective):
     def forward(self, step: StepRecord) -> LossOutput:
         if self.key_encoder is None:
             raise RuntimeError("paco's key encoder is made by bind(model), which must be called before training.")
-        if step.num_views < 2:
-            raise ValueError(f"paco needs the query and the key view of each image, got {step.num_views} view(s).")
         rows = step.view_rows(QUERY_VIEW, QUERY_VIEW + 1)
         labels = step.labels[rows]
         keys, key_labels = self._keys(view_images(step, KEY_VIEW), labels)
