@@ -12,6 +12,7 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
     gpaco,
     ldam_drw,
     logit_adjusted,
+    proco,
     supcon,
 )
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
