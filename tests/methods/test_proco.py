@@ -10,10 +10,8 @@ import signal
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from torch import nn
 
 from ltcl.config import LossConfig, load_config
 from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
@@ -23,6 +21,7 @@ from ltcl.methods.base import ObjectiveSetup, StepRecord
 from ltcl.methods.proco import ProCo, ProCoSection
 from tests.engine.test_host_syncs import CountSyncs
 from tests.engine.test_training import DIGITS, TINY, ltcl, sets
+from tests.methods.proco_distributed import COUNTS, DIM, PER_RANK, WORLD, _worker, make_model, run_steps
 
 # ------------------------------------------------------------------------------------------------------------
 # The Bessel functions
@@ -174,7 +173,7 @@ def reference_objective(steps, counts, *, dim, tau, alpha, cls_weight, la_tau, m
     return losses
 
 
-COUNTS = [40, 15, 6, 3, 2, 1]  # class 5 never appears in a batch: it keeps its initial mean
+# COUNTS = [40, 15, 6, 3, 2, 1]: class 5 never appears in a batch, it keeps its initial mean
 PATTERNS = [  # (epoch, labels): a mix, every class alone, one class only (the others absent), and a mix again
     (0, [0, 0, 1, 1, 1, 2, 3, 0, 2, 4]),
     (0, [0, 1, 2, 3, 4]),
@@ -286,52 +285,6 @@ def test_configs_resolve_and_settings_it_cannot_train_are_refused():
 
 # ------------------------------------------------------------------------------------------------------------
 # Two processes (gloo): identical estimates on both, the loss and gradients of one process on the global batch
-
-WORLD, PER_RANK, IN_DIM, DIM = 2, 5, 6, 8
-
-
-def global_batches():
-    g = torch.Generator().manual_seed(3)
-    out = []
-    for epoch, labels in [(0, [0, 1, 1, 2, 0, 3, 1, 4, 0, 0]), (0, [2, 2, 1, 0, 0, 4, 4, 3, 1, 0]),
-                          (1, [1, 1, 1, 1, 1, 0, 0, 2, 3, 3])]:  # fmt: skip
-        out.append((epoch, torch.randn(2, WORLD * PER_RANK, IN_DIM, generator=g, dtype=torch.float64),
-                    torch.tensor(labels)))  # fmt: skip
-    return out
-
-
-def run_steps(model, loss_fn, rows):
-    records = []
-    for epoch, x, y in global_batches():
-        loss_fn.begin_epoch(epoch)
-        z = F.normalize(model(x[:, rows].reshape(-1, IN_DIM)), dim=1)
-        z.retain_grad()
-        n = z.shape[0] // 2
-        loss = (loss_fn(z[:n], y[rows]) + loss_fn(z[n:], y[rows])) / 2
-        loss.backward()
-        params = {k.removeprefix("module."): p.grad.clone() for k, p in model.named_parameters()}
-        state = {k: v.clone() for k, v in loss_fn.state_dict().items()}
-        records.append({"loss": loss.item(), "z_grad": z.grad.clone(), "params": params, "state": state})
-        model.zero_grad()
-    return records
-
-
-def make_model():
-    torch.manual_seed(5)
-    return nn.Linear(IN_DIM, DIM).double()
-
-
-def _worker(rank, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        model = nn.parallel.DistributedDataParallel(make_model())
-        loss_fn = ProCoLoss(COUNTS, DIM, 0.2, gather_distributed=True)
-        records = run_steps(model, loss_fn, slice(rank * PER_RANK, (rank + 1) * PER_RANK))
-        torch.save(records, os.path.join(out_dir, f"rank{rank}.pt"))
-        del model
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_processes_keep_identical_estimates_and_equal_one_process_on_the_global_batch(tmp_path):
