@@ -1,5 +1,5 @@
 """Losses for long-tailed recognition: ACL (Eq. 9), SCL (Eq. 1), Balanced Softmax, logit adjustment, and the
-paper's rivals in the same pipeline: GPaCo, BCL and LDAM-DRW.
+paper's rivals in the same pipeline: GPaCo, BCL, LDAM-DRW and ProCo.
 
 What every loss expects of its inputs:
 
@@ -23,6 +23,7 @@ from ltcl.losses.balanced_softmax import BalancedSoftmaxLoss, LogitAdjustedLoss
 from ltcl.losses.bcl import BalancedContrastiveLoss, BCLPrototypeHead, balanced_contrastive_loss
 from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
 from ltcl.losses.ldam import LDAMLoss, effective_number_weights, ldam_loss, ldam_margins
+from ltcl.losses.proco import ProCoLoss, bessel_log_term, bessel_ratio, proco_logits, vmf_log_normalizer
 from ltcl.losses.supcon import SupConLoss
 
 __all__ = [
@@ -33,12 +34,17 @@ __all__ = [
     "GPaCoLoss",
     "LDAMLoss",
     "LogitAdjustedLoss",
+    "ProCoLoss",
     "SupConLoss",
     "balanced_contrastive_loss",
+    "bessel_log_term",
+    "bessel_ratio",
     "effective_number_weights",
     "functional",
     "gpaco_loss",
     "inverse_frequency_weights",
     "ldam_loss",
     "ldam_margins",
+    "proco_logits",
+    "vmf_log_normalizer",
 ]

@@ -13,6 +13,7 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
     ldam_drw,
     logit_adjusted,
     paco,
+    proco,
     supcon,
 )
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
