@@ -393,6 +393,12 @@ def test_the_rival_configs_parse(name):
     assert cfg.views.num_views == 3 and from_dict(cfg.loss.sections["gml"], GMLSection).base_k >= 2
 
 
+def test_the_teacher_config_of_the_cifar_student_parses():
+    cfg = resolve_config(load_config(REPO / "configs" / "rivals" / "cifar100_lt_if100_gml_teacher.yaml"))
+    assert (cfg.loss.objective, cfg.model.backbone, cfg.model.classifier, cfg.model.cosine_scale) == (
+        "la", "resnet56", "cosine", 30.0)  # fmt: skip
+
+
 def cli(*args, env=None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     command = [sys.executable, "-m", "ltcl.cli", *args]
@@ -400,9 +406,11 @@ def cli(*args, env=None):
 
 
 def test_gml_trains_from_the_cli_and_resumes_to_the_same_weights(tmp_path):
+    # Small views keep the three runs short; the key view (12 px) and the classified one (16 px) go through the
+    # momentum encoder separately.
     common = [*TINY, "loss.objective=gml", "model.classifier=cosine", "model.cosine_scale=30", "loss.gml.queue_size=64",
               "loss.gml.alpha=1.0", "optim.epochs=2", "train.max_steps_per_epoch=2", "train.deterministic=true",
-              "train.amp=none"]  # fmt: skip
+              "train.amp=none", "data.batch_size=16", "views.sizes=[16,16,12]", "views.test_size=16"]  # fmt: skip
     straight = cli("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'straight'}"))
     stopped = cli("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'stopped'}"),
                   env={TEST_SIGNAL_AT_STEP: "3:TERM"})  # fmt: skip
@@ -421,7 +429,7 @@ def test_gml_trains_from_the_cli_and_resumes_to_the_same_weights(tmp_path):
         assert want[part].keys() == got[part].keys()
         for key in want[part]:
             assert torch.equal(want[part][key], got[part][key]), (part, key)
-    assert want["objective"]["queue.seen"].item() == 4 * 32
+    assert want["objective"]["queue.seen"].item() == 4 * 16
     header = (tmp_path / "straight" / "digits_lt" / "metrics.csv").read_text().splitlines()[0]
     assert "loss_sup,loss_con,loss_con_t,loss_kd,temperature,queue_fill" in header
 
@@ -436,7 +444,7 @@ def test_gml_trains_from_the_cli_and_resumes_to_the_same_weights(tmp_path):
     objective.bind(model)
     assert objective.teacher is not None and not objective.teacher.training
     assert any(k.startswith("key_head.") for k in objective.state_dict())
-    images = [torch.randn(3 * 4, 3, 32, 32)]
+    images = [torch.randn(3 * 4, 3, 16, 16)]
     step = StepRecord(*(lambda o: (o.logits, torch.arange(4).repeat(3), o.projections))(model(images[0])),
                       contrastive_mask=torch.ones(12, dtype=torch.bool), num_views=3, batch_size=4, model=model,
                       images=images, group_views=[[0, 1, 2]])  # fmt: skip
