@@ -67,7 +67,8 @@ class GMLSection:
     queue_size: int = field(default=4096, metadata=AT_LEAST_1)  # cifar_main.py line 100 (ImageNet-LT sh: 16384)
     base_k: int = field(default=2, metadata=AT_LEAST_1)  # keys per class at least: cifar_main.py line 102 (IN: 3)
     momentum: float = field(default=0.999, metadata=MOMENTUM)  # key encoder: cifar_main.py line 104, main.py 107
-    # checkpoint of a trained ltcl run to use as the frozen key encoder (the authors' --path_t); empty: momentum
+    # checkpoint of a trained ltcl run to use as the frozen key encoder (the authors' --path_t; read at the start
+    # and on every resume: give an absolute path); empty: the momentum encoder
     teacher: str = ""
 
 
