@@ -1,5 +1,5 @@
 """Losses for long-tailed recognition: ACL (Eq. 9), SCL (Eq. 1), Balanced Softmax, logit adjustment, and the
-paper's rivals in the same pipeline: GPaCo, BCL, LDAM-DRW and ProCo.
+paper's rivals in the same pipeline: PaCo, GPaCo, BCL, LDAM-DRW, ProCo and GML.
 
 What every loss expects of its inputs:
 
@@ -21,6 +21,7 @@ from ltcl.losses import functional
 from ltcl.losses.aligned import AlignedContrastiveLoss, inverse_frequency_weights
 from ltcl.losses.balanced_softmax import BalancedSoftmaxLoss, LogitAdjustedLoss
 from ltcl.losses.bcl import BalancedContrastiveLoss, BCLPrototypeHead, balanced_contrastive_loss
+from ltcl.losses.gml import ClassQueue, GMLLoss
 from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
 from ltcl.losses.ldam import LDAMLoss, effective_number_weights, ldam_loss, ldam_margins
 from ltcl.losses.proco import ProCoLoss, bessel_log_term, bessel_ratio, proco_logits, vmf_log_normalizer
@@ -31,6 +32,8 @@ __all__ = [
     "BCLPrototypeHead",
     "BalancedContrastiveLoss",
     "BalancedSoftmaxLoss",
+    "ClassQueue",
+    "GMLLoss",
     "GPaCoLoss",
     "LDAMLoss",
     "LogitAdjustedLoss",
