@@ -64,6 +64,48 @@ SETTINGS = {
             "model.projection_bn=true",
         ],
     ),
+    # PaCo as its authors run it (configs/rivals/cifar10_lt_if100_paco.yaml): query view 1, key view 2 through a
+    # momentum encoder, a queue of 1024 labelled keys, alpha 0.01, beta = gamma = 1, BatchNorm in the head
+    "paco": (
+        "PaCo",
+        [
+            "loss.objective=paco",
+            "views.num_views=2",
+            "views.presets=[cifar_autoaugment_cutout,simclr]",
+            "views.contrastive_mode=uniform",
+            "model.projection_bn=true",
+        ],
+    ),
+    # ProCo (configs/rivals/cifar10_lt_if100_proco.yaml): logit adjustment on view 1, the vMF loss on views 2-3
+    "proco": (
+        "ProCo",
+        [
+            "loss.objective=proco",
+            "views.num_views=3",
+            "views.presets=[cifar_autoaugment_cutout,simclr,simclr]",
+            "views.contrastive_mode=uniform",
+            "model.projection_hidden=512",
+            "model.projection_dim=128",
+            "model.projection_bn=true",
+            "loss.alpha=1.0",
+            "loss.temperature=0.1",
+        ],
+    ),
+    # GML (configs/rivals/cifar10_lt_if100_gml.yaml): view 1 classified, view 2 the query, view 3 the key of a
+    # momentum encoder, a class-partitioned queue of 4096, a cosine classifier at scale 30
+    "gml": (
+        "GML",
+        [
+            "loss.objective=gml",
+            "views.num_views=3",
+            "views.presets=[cifar_autoaugment_cutout]",
+            "views.contrastive_mode=uniform",
+            "model.classifier=cosine",
+            "model.cosine_scale=30",
+            "model.projection_bn=true",
+            "loss.temperature=0.1",
+        ],
+    ),
     # LDAM-DRW: cosine logits scaled by s = 30 in the loss, re-weighting from 80% of the epochs.
     "ldam_drw": ("LDAM-DRW", ["loss.objective=ldam", "model.classifier=cosine", "model.cosine_scale=1.0"]),
     # The defaults' check (BS + ACL, short schedule): float32 with PIL loader workers (the old default) against
@@ -105,6 +147,9 @@ ABLATION_DIFFERENCES = [
     ("BS + ACL - GPaCo", "bs_acl", "gpaco"),
     ("BS + ACL - LA + BCL", "bs_acl", "la_bcl"),
     ("BS + ACL - LDAM-DRW", "bs_acl", "ldam_drw"),
+    ("BS + ACL - PaCo", "bs_acl", "paco"),
+    ("BS + ACL - ProCo", "bs_acl", "proco"),
+    ("BS + ACL - GML", "bs_acl", "gml"),
 ]
 
 
