@@ -1,5 +1,5 @@
 """Losses for long-tailed recognition: ACL (Eq. 9), SCL (Eq. 1), Balanced Softmax, logit adjustment, and the
-paper's rivals in the same pipeline: GPaCo, BCL and LDAM-DRW.
+paper's rivals in the same pipeline: GPaCo, BCL, KCL and LDAM-DRW.
 
 What every loss expects of its inputs:
 
@@ -22,6 +22,7 @@ from ltcl.losses.aligned import AlignedContrastiveLoss, inverse_frequency_weight
 from ltcl.losses.balanced_softmax import BalancedSoftmaxLoss, LogitAdjustedLoss
 from ltcl.losses.bcl import BalancedContrastiveLoss, BCLPrototypeHead, balanced_contrastive_loss
 from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
+from ltcl.losses.kcl import KCLLoss, kcl_loss
 from ltcl.losses.ldam import LDAMLoss, effective_number_weights, ldam_loss, ldam_margins
 from ltcl.losses.supcon import SupConLoss
 
@@ -31,6 +32,7 @@ __all__ = [
     "BalancedContrastiveLoss",
     "BalancedSoftmaxLoss",
     "GPaCoLoss",
+    "KCLLoss",
     "LDAMLoss",
     "LogitAdjustedLoss",
     "SupConLoss",
@@ -39,6 +41,7 @@ __all__ = [
     "functional",
     "gpaco_loss",
     "inverse_frequency_weights",
+    "kcl_loss",
     "ldam_loss",
     "ldam_margins",
 ]
