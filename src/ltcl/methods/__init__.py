@@ -10,6 +10,7 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
     balanced_softmax,
     cross_entropy,
     gpaco,
+    kcl,
     ldam_drw,
     logit_adjusted,
     supcon,
