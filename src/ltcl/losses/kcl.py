@@ -11,8 +11,9 @@ space"). With ``s_ij = q_i . u_j / tau`` over the keys ``u`` (own key first, the
     L_i   = log sum_j exp(s_ij) - (1 / |P(i)|) sum_{p in P(i)} s_ip
     L     = mean of L_i over the queries
 
-Queue positives beyond the first ``k`` stay in the denominator (the code's ``losstype v1``, its default). With
-``k = 0`` this is MoCo's InfoNCE.
+Queue positives beyond the first ``k`` stay in the denominator (the code's ``losstype v1``, its default and the
+one of every README command; ``v2``, which sets their logits to 0, is not implemented). With ``k = 0`` this is
+MoCo's InfoNCE.
 
 Where ltcl follows the authors' code (bingykang/BalFeat, ``moco/kcl_builder.py`` and ``util.SoftCrossEntropyLoss``)
 and where it departs:

@@ -295,12 +295,16 @@ class KCL(Objective):
         start = self.classifier_start + 1
         return (
             f"kcl (k {s.positives}, queue {s.queue_size}, key momentum {s.key_momentum}, "
-            f"tau {self.setup.loss.temperature}; stage 1, epochs 1-{start - 1}: KCL, query view {QUERY_VIEW + 1}, "
-            f"key view {KEY_VIEW + 1}; stage 2 from epoch {start} to {e}: linear classifier re-trained from zero on "
-            f"frozen features of view {QUERY_VIEW + 1}, {s.classifier_sampler} sampler"
+            f"tau {self.setup.loss.temperature}; stage 1, {_epochs(1, start - 1)}: KCL, query view {QUERY_VIEW + 1}, "
+            f"key view {KEY_VIEW + 1}; stage 2, {_epochs(start, e)}: linear classifier re-trained "
+            f"from zero on frozen features of view {QUERY_VIEW + 1}, {s.classifier_sampler} sampler"
             + (f", learning rate x{s.classifier_lr_scale:g}" if s.classifier_lr_scale != 1.0 else "")
             + ")"
         )
+
+
+def _epochs(first: int, last: int) -> str:
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
 def _norm(features: Tensor) -> Tensor:
