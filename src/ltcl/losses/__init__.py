@@ -1,5 +1,5 @@
 """Losses for long-tailed recognition: ACL (Eq. 9), SCL (Eq. 1), Balanced Softmax, logit adjustment, and the
-paper's rivals in the same pipeline: PaCo, GPaCo, BCL, LDAM-DRW, ProCo and GML.
+paper's rivals in the same pipeline: PaCo, GPaCo, BCL, KCL, LDAM-DRW, ProCo and GML.
 
 What every loss expects of its inputs:
 
@@ -23,6 +23,7 @@ from ltcl.losses.balanced_softmax import BalancedSoftmaxLoss, LogitAdjustedLoss
 from ltcl.losses.bcl import BalancedContrastiveLoss, BCLPrototypeHead, balanced_contrastive_loss
 from ltcl.losses.gml import ClassQueue, GMLLoss
 from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
+from ltcl.losses.kcl import KCLLoss, kcl_loss
 from ltcl.losses.ldam import LDAMLoss, effective_number_weights, ldam_loss, ldam_margins
 from ltcl.losses.proco import ProCoLoss, bessel_log_term, bessel_ratio, proco_logits, vmf_log_normalizer
 from ltcl.losses.supcon import SupConLoss
@@ -35,6 +36,7 @@ __all__ = [
     "ClassQueue",
     "GMLLoss",
     "GPaCoLoss",
+    "KCLLoss",
     "LDAMLoss",
     "LogitAdjustedLoss",
     "ProCoLoss",
@@ -46,6 +48,7 @@ __all__ = [
     "functional",
     "gpaco_loss",
     "inverse_frequency_weights",
+    "kcl_loss",
     "ldam_loss",
     "ldam_margins",
     "proco_logits",

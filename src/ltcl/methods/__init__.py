@@ -11,6 +11,7 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
     cross_entropy,
     gml,
     gpaco,
+    kcl,
     ldam_drw,
     logit_adjusted,
     paco,
