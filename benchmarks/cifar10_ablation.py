@@ -106,6 +106,22 @@ SETTINGS = {
             "loss.temperature=0.1",
         ],
     ),
+    # KCL (configs/rivals/cifar10_lt_if100_kcl.yaml): 6 positives from a queue of labelled keys, a linear head, then
+    # a class-balanced classifier stage on frozen features in the last third of the epochs
+    "kcl": (
+        "KCL",
+        [
+            "loss.objective=kcl",
+            "views.num_views=2",
+            "views.presets=[cifar_autoaugment_cutout,cifar_autoaugment_cutout]",
+            "views.contrastive_mode=uniform",
+            "model.projection_hidden=0",
+            "model.projection_dim=128",
+            "loss.temperature=0.07",
+            "loss.kcl.queue_size=8192",
+            "loss.kcl.key_momentum=0.99",
+        ],
+    ),
     # LDAM-DRW: cosine logits scaled by s = 30 in the loss, re-weighting from 80% of the epochs.
     "ldam_drw": ("LDAM-DRW", ["loss.objective=ldam", "model.classifier=cosine", "model.cosine_scale=1.0"]),
     # The defaults' check (BS + ACL, short schedule): float32 with PIL loader workers (the old default) against
@@ -150,6 +166,7 @@ ABLATION_DIFFERENCES = [
     ("BS + ACL - PaCo", "bs_acl", "paco"),
     ("BS + ACL - ProCo", "bs_acl", "proco"),
     ("BS + ACL - GML", "bs_acl", "gml"),
+    ("BS + ACL - KCL", "bs_acl", "kcl"),
 ]
 
 
