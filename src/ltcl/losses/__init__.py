@@ -21,7 +21,7 @@ from ltcl.losses import functional
 from ltcl.losses.aligned import AlignedContrastiveLoss, inverse_frequency_weights
 from ltcl.losses.balanced_softmax import BalancedSoftmaxLoss, LogitAdjustedLoss
 from ltcl.losses.bcl import BalancedContrastiveLoss, BCLPrototypeHead, balanced_contrastive_loss
-from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
+from ltcl.losses.gpaco import GPaCoLoss, GPaCoProjectionHead, GPaCoQueue, gpaco_loss
 from ltcl.losses.ldam import LDAMLoss, effective_number_weights, ldam_loss, ldam_margins
 from ltcl.losses.supcon import SupConLoss
 
@@ -31,6 +31,8 @@ __all__ = [
     "BalancedContrastiveLoss",
     "BalancedSoftmaxLoss",
     "GPaCoLoss",
+    "GPaCoProjectionHead",
+    "GPaCoQueue",
     "LDAMLoss",
     "LogitAdjustedLoss",
     "SupConLoss",
