@@ -149,6 +149,22 @@ def test_gpaco_is_the_whole_objective_on_its_two_views_with_its_head_and_queue()
                "views.contrastive_views=[1,1,1]")  # fmt: skip
 
 
+@pytest.mark.parametrize("name, dim, queue, tau", [("cifar10_lt_if100", 32, 1024, 0.05),
+                                                    ("cifar100_lt_if100", 32, 1024, 0.05),
+                                                    ("imagenet_lt_x50", 128, 8192, 0.2)])  # fmt: skip
+def test_the_gpaco_rival_configs_are_the_authors_settings(name, dim, queue, tau):
+    cfg = resolve_config(load_config(REPO / "configs" / "rivals" / f"{name}_gpaco.yaml"))
+    section = cfg.loss.sections["gpaco"]
+    assert (section["dim"], section["queue_size"], section["queue_start"], cfg.loss.temperature) == (
+        dim, queue, "random", tau)  # fmt: skip
+    assert cfg.views.num_views == 2 and cfg.model.classifier == "linear" and cfg.data.batch_size == 128
+    text = (REPO / "configs" / "rivals" / f"{name}_gpaco.yaml").read_text()
+    lines = text.splitlines()
+    for before, line in zip(lines, lines[1:]):  # every value has its source, on its line or in the comment above
+        if ":" in line and not line.lstrip().startswith("#") and not line.rstrip().endswith(":"):
+            assert "#" in line or before.lstrip().startswith("#"), line
+
+
 def test_no_engine_file_names_a_method():
     names = set(OBJECTIVES)
     for path in (REPO / "src" / "ltcl" / "engine").glob("*.py"):

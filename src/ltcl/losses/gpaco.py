@@ -45,7 +45,9 @@ GPaCo/LT/moco/builder.py ``MoCo``) and the papers differ, and what is followed h
   passes another, so the factor is 1 and is left out. ``supt``, which divides the centre logits, is 1.0 and no
   script passes another: left out too.
 - ``log(pi_j + 1e-9)`` and ``log(sum + 1e-12)`` in the code; the exact ``log pi_j`` and log-sum-exp here (counts are
-  validated positive).
+  validated positive). The code's weight masks are float32 whatever the inputs' precision (alpha and beta rounded
+  to float32, ``mask.sum(1)`` a float32 sum); here the weights have the compute precision. Together these make the
+  two differ by about 1e-6 in the loss; without them they agree to float64 rounding.
 - Label smoothing of the centre positive (``smooth``): 0 in ``PaCoLoss`` and in the long-tailed scripts; the full
   ImageNet script (GPaCo/LT/sh/ImageNet/train_resnet50.sh, ``--smooth 0.1``, also the default of paco_imagenet.py)
   sets 0.1. Implemented as in the code: the beta of the centre is spread as ``1 - eps`` on the own class and
