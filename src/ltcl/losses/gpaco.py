@@ -28,7 +28,9 @@ GPaCo/LT/moco/builder.py ``MoCo``) and the papers differ, and what is followed h
   count in ``|P(i)|``: with a queue the own-centre weight ``beta / (beta + alpha |P(i)|)`` of a frequent class is
   much smaller than with the batch alone, which is why the queue is kept.
 - Centre rebalance. The log prior on the centre logits is in the code (``cal_weight_for_classes``), not in PaCo's
-  loss equation; the authors point to logit adjustment / Balanced Softmax for it (issue #26). Followed.
+  loss equation; the authors point to logit adjustment / Balanced Softmax for it (issue #26). Followed. Their
+  full-ImageNet trainer (paco_imagenet.py) never calls it, so it has no prior; here the prior is always added (on a
+  balanced set it is log(1/C) on every centre, which lowers the centres against the samples).
 - Queue. GPaCo is PaCo without the momentum encoder (issue #18): both views go through the same encoder and both
   are anchors; the builder keeps a MoCo queue of K keys (the second view's normalised projections, detached) with
   their labels, as extra contrast rows that are never anchors. Each step contrasts against the queue as it was
