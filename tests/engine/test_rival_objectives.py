@@ -1,5 +1,5 @@
-"""The rivals' objectives train end to end through the command line, and resume exactly (BCL's prototype head and
-LDAM's re-weighting switch live in the objective's state)."""
+"""The rivals' objectives train end to end through the command line, and resume exactly (BCL's prototype head,
+GPaCo's projection head and queue, and LDAM's re-weighting switch live in the objective's state)."""
 
 import json
 import signal
@@ -26,12 +26,14 @@ def test_gpaco_trains_as_the_whole_objective(tmp_path):
     proc = ltcl("train", "-c", DIGITS, *sets(*TINY, *RIVALS["gpaco"], "optim.epochs=1", "train.max_steps_per_epoch=2",
                                              f"train.output_dir={tmp_path}"))  # fmt: skip
     assert " con " not in proc.stdout  # one loss: no separate contrastive part
-    # The header names the weights GPaCo reads, not loss.alpha, which it ignores.
-    assert "loss   gpaco (alpha 0.01, beta 1.0, gamma 1.0, tau 0.1); 4 view(s)" in proc.stdout
+    # The header names the weights GPaCo reads (not loss.alpha, which it ignores), its head and its queue.
+    assert ("loss   gpaco (alpha 0.01, beta 1.0, gamma 1.0, tau 0.1; head 64-64-64-128, queue 1024 (random start); "
+            "views 1-2); 4 view(s)") in proc.stdout  # fmt: skip
+    assert "| queue_fill 0.0156 | centre_weight " in proc.stdout  # steps see 0 then 32 of 1024 keys: mean 16/1024
     assert 0 <= json.loads((tmp_path / "digits_lt" / "results.json").read_text())["test"]["all"] <= 100
 
 
-@pytest.mark.parametrize("name", ["la_bcl", "ldam_drw"])
+@pytest.mark.parametrize("name", ["gpaco", "la_bcl", "ldam_drw"])
 def test_a_stateful_rival_trains_and_resumes_to_the_same_weights(tmp_path, name):
     common = [*TINY, *RIVALS[name], "optim.epochs=2", "train.max_steps_per_epoch=3", "train.deterministic=true",
               "train.amp=none"]  # fmt: skip
@@ -52,6 +54,9 @@ def test_a_stateful_rival_trains_and_resumes_to_the_same_weights(tmp_path, name)
         assert "bcl (tau 0.1, views split: classification on view 1, BCL on views 2-3)" in straight.stdout
         assert "bcl_proto_cos" in straight.stdout
         assert "bcl_proto_cos" in (tmp_path / "straight" / "digits_lt" / "metrics.csv").read_text().splitlines()[0]
+    if name == "gpaco":  # 6 steps of 32 second views: 192 keys in the queue, the rest still the random start
+        assert int(want["objective"]["loss.queue.pushed"]) == 6 * 32
+        assert any(k.startswith("head.") for k in want["objective"])
     if name == "ldam_drw":  # re-weighting switched on for the second epoch (0-based epoch 1)
         assert bool(want["objective"]["classification.loss.reweighting"])
     results = json.loads((tmp_path / "straight" / "digits_lt" / "results.json").read_text())

@@ -19,23 +19,34 @@ from tests.losses.test_distributed import global_batches  # the same batches: un
 # References
 
 
-def gpaco_reference(z, y, logits, counts, *, alpha, beta, gamma, tau):
-    """GPaCo: centre logits ``(l_ij + log prior_j) / t_c`` and sample similarities share one softmax; the own-class
-    centre is a positive weighted beta, each sample positive alpha; the sample terms of the denominator gamma; the
-    weighted log-likelihood is divided by the sum of the weights. Mean over anchors whose weights sum to > 0."""
+def gpaco_reference(z, y, logits, counts, *, alpha, beta, gamma, tau, smooth=0.0, queue=None, queue_labels=None):
+    """GPaCo: centre logits ``l_ij + log prior_j`` and sample similarities share one softmax; the own-class centre
+    is a positive weighted beta (spread as ``1 - smooth`` on the own class and ``smooth / (C - 1)`` on each other
+    class), each sample positive alpha; the sample terms of the denominator gamma; the weighted log-likelihood is
+    divided by the sum of the weights. The queue's keys are extra sample rows (positives and denominator terms) that
+    are never anchors; a key labelled -1 is an empty slot and left out. Mean over anchors whose weights sum to > 0."""
     n, num_classes = z.shape[0], logits.shape[1]
+    rows = [z[k] for k in range(n)]
     labels = [int(v) for v in y]
+    if queue is not None:
+        for key, label in zip(queue, queue_labels):
+            if int(label) >= 0:
+                rows.append(key)
+                labels.append(int(label))
     total_count = sum(counts)
     total, anchors = z.sum() * 0.0, 0
     for i in range(n):
         centre = [logits[i, j] + math.log(counts[j] / total_count) for j in range(num_classes)]
-        sample = {k: torch.dot(z[i], z[k]) / tau for k in range(n) if k != i}
+        sample = {k: torch.dot(z[i], rows[k]) / tau for k in range(len(rows)) if k != i}
         denominator = sum(torch.exp(a) for a in centre) + gamma * sum(torch.exp(s) for s in sample.values())
         positives = [k for k in sample if labels[k] == labels[i]]
         weight_sum = beta + alpha * len(positives)
         if weight_sum == 0:
             continue
-        log_likelihood = beta * torch.log(torch.exp(centre[labels[i]]) / denominator)
+        log_likelihood = z.sum() * 0.0
+        for j in range(num_classes):
+            c = 1.0 - smooth if j == labels[i] else smooth / (num_classes - 1)
+            log_likelihood = log_likelihood + beta * c * torch.log(torch.exp(centre[j]) / denominator)
         for p in positives:
             log_likelihood = log_likelihood + alpha * torch.log(torch.exp(sample[p]) / denominator)
         total = total - log_likelihood / weight_sum
@@ -96,6 +107,7 @@ def ldam_reference(u, y, counts, *, max_margin, scale, weights=None):
 WORLD = 2
 COUNTS = [50, 20, 8, 3]
 IN_DIM, HIDDEN, OUT_DIM, PER_RANK = 5, 6, 4, 6
+QUEUE = 16  # GPaCo's queue: 12 keys per step, so the pointer wraps in the second step
 
 
 class TinyNet(nn.Module):
@@ -126,12 +138,18 @@ def make_loss(name, gather):
     from ltcl.losses.gpaco import GPaCoLoss
 
     if name == "gpaco":
-        return GPaCoLoss(COUNTS, alpha=0.3, beta=1.0, gamma=0.7, temperature=0.2, gather_distributed=gather)
+        return GPaCoLoss(COUNTS, alpha=0.3, beta=1.0, gamma=0.7, temperature=0.2, queue_size=QUEUE, key_dim=OUT_DIM,
+                         queue_start="random", seed=5, gather_distributed=gather).double()  # fmt: skip
     return BalancedContrastiveLoss(len(COUNTS), 0.2, gather_distributed=gather)
 
 
+def batches_of(name):
+    return global_batches(3 if name == "gpaco" else 2)
+
+
 def run_steps(name, model, loss_fn, batches, rows):
-    """Per step: loss, gradients of the features and logits of rows ``rows``, and the parameters' gradients."""
+    """Per step: loss, gradients of the features and logits of rows ``rows``, and the parameters' gradients; for
+    GPaCo the step then enqueues every row's projection (the global batch under DDP) and records the queue."""
     records = []
     for x, y, keep in batches:
         z, logits, prototypes = model(x[rows])
@@ -147,6 +165,9 @@ def run_steps(name, model, loss_fn, batches, rows):
         records.append(
             {"loss": loss.item(), "z_grad": z.grad.clone(), "logit_grad": logits.grad.clone(), "params": params}
         )
+        if name == "gpaco":
+            loss_fn.enqueue(z.detach(), y[rows])
+            records[-1]["queue"] = {k: v.clone() for k, v in loss_fn.queue.state_dict().items()}
         model.zero_grad()
     return records
 
@@ -156,7 +177,7 @@ def distributed_worker(rank, name, init_file, out_dir):
     try:
         model = nn.parallel.DistributedDataParallel(make_model(name))
         rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-        records = run_steps(name, model, make_loss(name, gather=True), global_batches(), rows)
+        records = run_steps(name, model, make_loss(name, gather=True), batches_of(name), rows)
         torch.save({"records": records}, os.path.join(out_dir, f"rank{rank}.pt"))
         del model  # DDP holds the group: drop it, then tear down together (see tests/losses/test_distributed.py)
         dist.barrier()
@@ -167,13 +188,13 @@ def distributed_worker(rank, name, init_file, out_dir):
 def check_two_processes_equal_one(name, tmp_path):
     """Spawns the gloo run and compares it with one process on the global batch: the same loss on every rank,
     feature and logit gradients ``WORLD`` times the single-process ones (``ltcl.dist.global_mean``: DDP averages),
-    and, after DDP's average, the single-process parameter gradients."""
+    after DDP's average the single-process parameter gradients, and (GPaCo) bit-identical queues."""
     import pytest
     import torch.multiprocessing as mp
 
     mp.spawn(distributed_worker, args=(name, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-    single = run_steps(name, make_model(name), make_loss(name, gather=False), global_batches(), slice(None))
+    single = run_steps(name, make_model(name), make_loss(name, gather=False), batches_of(name), slice(None))
     for step, want in enumerate(single):
         for rank, result in enumerate(ranks):
             got = result["records"][step]
@@ -184,3 +205,6 @@ def check_two_processes_equal_one(name, tmp_path):
             assert got["params"].keys() == want["params"].keys()
             for key, grad in want["params"].items():
                 torch.testing.assert_close(got["params"][key], grad, rtol=1e-9, atol=1e-12)
+            for key, value in want.get("queue", {}).items():  # every rank's queue is rank 0's, and one process's
+                assert torch.equal(got["queue"][key], ranks[0]["records"][step]["queue"][key]), (step, rank, key)
+                torch.testing.assert_close(got["queue"][key], value, rtol=1e-12, atol=1e-15)

@@ -124,12 +124,46 @@ def test_the_composite_is_cls_weight_times_classification_plus_alpha_times_contr
     torch.testing.assert_close(objective.contrastive.loss.centers, acl.centers)  # the same centre update
 
 
-def test_gpaco_is_the_whole_objective_on_every_view():
-    step, _ = step_record()
-    cfg = digits("loss.objective=gpaco", "loss.gpaco.alpha=0.05", "model.projection_dim=8")
-    out = build_objective(cfg, COUNTS, feature_dim=64)(step)
-    want = GPaCoLoss(COUNTS, alpha=0.05, temperature=cfg.loss.temperature)(step.projections, step.labels, step.logits)
-    torch.testing.assert_close(out.loss, want)
+def test_gpaco_is_the_whole_objective_on_its_two_views_with_its_head_and_queue():
+    step, _ = step_record(num_views=3)
+    step.features = torch.randn(3 * step.batch_size, 64, generator=torch.Generator().manual_seed(1))
+    cfg = digits("loss.objective=gpaco", "loss.gpaco.alpha=0.05", "loss.gpaco.queue_size=8", "loss.gpaco.dim=16")
+    objective = build_objective(cfg, COUNTS, feature_dim=64)
+    assert not objective.needs_projections and objective.needs_features
+    assert [m.out_features for m in objective.head if isinstance(m, torch.nn.Linear)] == [64, 64, 16]
+    queue_before = objective.loss.queue.keys.clone(), objective.loss.queue.labels.clone()
+    out = objective(step)
+    b = step.batch_size
+    z = F.normalize(objective.head(step.features[: 2 * b]), dim=1)  # views 1 and 2 only
+    want = GPaCoLoss(COUNTS, alpha=0.05, temperature=cfg.loss.temperature, queue_size=8, key_dim=16)
+    want.queue.keys.copy_(queue_before[0])
+    want.queue.labels.copy_(queue_before[1])
+    torch.testing.assert_close(out.loss, want(z, step.labels[: 2 * b], step.logits[: 2 * b]))
+    assert set(out.parts) == set(objective.stat_names) == {"queue_fill", "centre_weight"}
+    assert out.parts["queue_fill"].item() == 0.0
+    objective.after_step(step)  # the second view's keys enter the queue, after the loss used it
+    torch.testing.assert_close(objective.loss.queue.keys[:b], z[b : 2 * b].detach())
+    assert torch.equal(objective.loss.queue.labels[:b], step.labels[b : 2 * b])
+    assert objective.loss.queue.fill().item() == b / 8
+    with pytest.raises(ConfigError, match="gpaco contrasts two views of every image: set views.num_views"):
+        digits("loss.objective=gpaco", "views.num_views=1", "views.sizes=[32]", "views.presets=[digits]",
+               "views.contrastive_views=[1,1,1]")  # fmt: skip
+
+
+@pytest.mark.parametrize("name, dim, queue, tau", [("cifar10_lt_if100", 32, 1024, 0.05),
+                                                    ("cifar100_lt_if100", 32, 1024, 0.05),
+                                                    ("imagenet_lt_x50", 128, 8192, 0.2)])  # fmt: skip
+def test_the_gpaco_rival_configs_are_the_authors_settings(name, dim, queue, tau):
+    cfg = resolve_config(load_config(REPO / "configs" / "rivals" / f"{name}_gpaco.yaml"))
+    section = cfg.loss.sections["gpaco"]
+    assert (section["dim"], section["queue_size"], section["queue_start"], cfg.loss.temperature) == (
+        dim, queue, "random", tau)  # fmt: skip
+    assert cfg.views.num_views == 2 and cfg.model.classifier == "linear" and cfg.data.batch_size == 128
+    text = (REPO / "configs" / "rivals" / f"{name}_gpaco.yaml").read_text()
+    lines = text.splitlines()
+    for before, line in zip(lines, lines[1:]):  # every value has its source, on its line or in the comment above
+        if ":" in line and not line.lstrip().startswith("#") and not line.rstrip().endswith(":"):
+            assert "#" in line or before.lstrip().startswith("#"), line
 
 
 def test_no_engine_file_names_a_method():

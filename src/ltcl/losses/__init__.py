@@ -22,7 +22,7 @@ from ltcl.losses.aligned import AlignedContrastiveLoss, inverse_frequency_weight
 from ltcl.losses.balanced_softmax import BalancedSoftmaxLoss, LogitAdjustedLoss
 from ltcl.losses.bcl import BalancedContrastiveLoss, BCLPrototypeHead, balanced_contrastive_loss
 from ltcl.losses.gml import ClassQueue, GMLLoss
-from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
+from ltcl.losses.gpaco import GPaCoLoss, GPaCoProjectionHead, GPaCoQueue, gpaco_loss
 from ltcl.losses.kcl import KCLLoss, kcl_loss
 from ltcl.losses.ldam import LDAMLoss, effective_number_weights, ldam_loss, ldam_margins
 from ltcl.losses.proco import ProCoLoss, bessel_log_term, bessel_ratio, proco_logits, vmf_log_normalizer
@@ -36,6 +36,8 @@ __all__ = [
     "ClassQueue",
     "GMLLoss",
     "GPaCoLoss",
+    "GPaCoProjectionHead",
+    "GPaCoQueue",
     "KCLLoss",
     "LDAMLoss",
     "LogitAdjustedLoss",

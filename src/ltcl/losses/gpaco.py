@@ -2,35 +2,58 @@
 
 The "parametric class centres" of PaCo/GPaCo are the rows of the linear classifier: the centre term of anchor i for
 class j is its classifier logit, shifted by the log prior as in Balanced Softmax. The C centre logits are placed in
-front of the N sample similarities, and one softmax over all of them both classifies and contrasts, so this loss is
+front of the sample similarities, and one softmax over all of them both classifies and contrasts, so this loss is
 the whole training objective (no separate cross-entropy).
 
-With ``a_ij = (l_ij + log pi_j) / t_c`` (logits ``l``, training prior ``pi_j = N_j / sum_k N_k``, ``t_c`` the code's
-``supt``), ``s_ik = z_i . z_k / tau`` and ``P(i)`` the other rows with label ``y_i``::
+The contrast rows are the batch (both views of every image; every batch row is an anchor) followed by a queue of K
+keys of past batches with their labels (:class:`GPaCoQueue`; the queue rows are never anchors and carry no
+gradient). With ``a_ij = l_ij + log pi_j`` (logits ``l``, training prior ``pi_j = N_j / sum_k N_k``),
+``s_ik = z_i . z_k / tau`` over the batch rows and the queue keys, and ``P(i)`` the other batch rows and the queue
+keys with label ``y_i``::
 
-    D_i = sum_j exp(a_ij) + gamma * sum_{k != i} exp(s_ik)
-    L_i = -( beta * log(exp(a_{i,y_i}) / D_i) + alpha * sum_{p in P(i)} log(exp(s_ip) / D_i) ) / (beta + alpha |P(i)|)
+    D_i = sum_j exp(a_ij) + gamma * sum_{k != i} exp(s_ik)                  (k over the batch and the queue)
+    c_ij = (1 - eps) [j = y_i] + eps / (C - 1) [j != y_i]                   (label smoothing eps, 0 by default)
+    L_i = -( beta * sum_j c_ij log(exp(a_ij) / D_i) + alpha * sum_{p in P(i)} log(exp(s_ip) / D_i) )
+          / (beta + alpha |P(i)|)
     L   = mean of L_i over the anchors (every anchor when beta > 0)
 
-Where the public code (dvlab-research/Parametric-Contrastive-Learning, GPaCo/LT/losses.py, ``PaCoLoss``) and the
-papers differ, and what is followed here:
+Where the public code (dvlab-research/Parametric-Contrastive-Learning, GPaCo/LT/losses.py ``PaCoLoss`` and
+GPaCo/LT/moco/builder.py ``MoCo``) and the papers differ, and what is followed here:
 
 - Weights. The PaCo paper weights each sample positive by alpha and the centre by 1; the code adds beta (centre)
   and gamma (sample terms of the denominator), which the authors say are 1.0 in all their experiments, alpha being
   the only meaningful one (repository issue #12). Code followed; beta = gamma = 1 gives the paper's loss.
 - Normalisation. The code divides the weighted sum by the sum of the weights, ``beta + alpha |P(i)|``
-  (``mask.sum(1)``), the ``1 + alpha K_y`` of the paper's Remark 2 (issue #23). Followed.
-- Centre rebalance. The log prior on the centre logits is in the code, not in PaCo's loss equation; the authors
-  point to logit adjustment / Balanced Softmax for it (issue #26). Followed.
+  (``mask.sum(1)``), the ``1 + alpha K_y`` of the paper's Remark 2 (issue #23). Followed. The queue's positives
+  count in ``|P(i)|``: with a queue the own-centre weight ``beta / (beta + alpha |P(i)|)`` of a frequent class is
+  much smaller than with the batch alone, which is why the queue is kept.
+- Centre rebalance. The log prior on the centre logits is in the code (``cal_weight_for_classes``), not in PaCo's
+  loss equation; the authors point to logit adjustment / Balanced Softmax for it (issue #26). Followed. Their
+  full-ImageNet trainer (paco_imagenet.py) never calls it, so it has no prior; here the prior is always added (on a
+  balanced set it is log(1/C) on every centre, which lowers the centres against the samples).
 - Queue. GPaCo is PaCo without the momentum encoder (issue #18): both views go through the same encoder and both
-  are anchors. Its code still keeps a MoCo queue of K detached past features (1024 on CIFAR, 8192 on ImageNet-LT)
-  as extra contrast rows. No queue here: the contrast set is the batch, or the global batch with ``gather_distributed``
-  (with gradient, which the code's no-gradient ``concat_all_gather`` of the queue never had).
-- ``temperature / base_temperature`` rescaling: ``base_temperature`` defaults to ``temperature`` and no script sets
-  it, so the factor is 1 and is left out. ``supt``, which divides the centre logits, is 1.0 in every script and is
-  left out too.
-- ``log(pi_j + 1e-9)`` in the code; the exact ``log pi_j`` here (counts are validated positive).
-- Label smoothing of the centre positive (``smooth``, 0 by default, set by no script): not implemented.
+  are anchors; the builder keeps a MoCo queue of K keys (the second view's normalised projections, detached) with
+  their labels, as extra contrast rows that are never anchors. Each step contrasts against the queue as it was
+  before the step, then enqueues the global batch's keys (``_dequeue_and_enqueue`` after ``concat_all_gather``).
+  Followed (the method enqueues after the optimiser step the keys it computed in the forward pass: the same keys).
+  The builder starts the queue with random keys and random labels (``randn(K, dim)`` normalised along dim 0, i.e.
+  per column, so its rows are not unit vectors; labels uniform in [0, C)); that is the default here, with a masked
+  empty start (``queue_start="empty"``) as an option. The builder asserts K % global batch == 0; here any K works
+  (the pointer wraps, and a batch larger than K keeps its last K keys).
+- Distributed. The authors' loss contrasts each GPU's own batch with the (global) queue; here, with
+  ``gather_distributed``, the batch rows of every process are gathered with their gradient, so the loss equals the
+  one-process loss on the global batch (with 4 GPUs of 32 images the authors' anchors see 64 batch rows, ltcl's 256).
+- ``temperature / base_temperature`` rescaling: ``base_temperature`` defaults to ``temperature`` and no script
+  passes another, so the factor is 1 and is left out. ``supt``, which divides the centre logits, is 1.0 and no
+  script passes another: left out too.
+- ``log(pi_j + 1e-9)`` and ``log(sum + 1e-12)`` in the code; the exact ``log pi_j`` and log-sum-exp here (counts are
+  validated positive). The code's weight masks are float32 whatever the inputs' precision (alpha and beta rounded
+  to float32, ``mask.sum(1)`` a float32 sum); here the weights have the compute precision. Together these make the
+  two differ by about 1e-6 in the loss; without them they agree to float64 rounding.
+- Label smoothing of the centre positive (``smooth``): 0 in ``PaCoLoss`` and in the long-tailed scripts; the full
+  ImageNet script (GPaCo/LT/sh/ImageNet/train_resnet50.sh, ``--smooth 0.1``, also the default of paco_imagenet.py)
+  sets 0.1. Implemented as in the code: the beta of the centre is spread as ``1 - eps`` on the own class and
+  ``eps / (C - 1)`` on each other class (the weights still sum to beta).
 - An anchor whose positive weights sum to 0 (beta = 0 and no sample positive) gives 0/0 = NaN in the code; here it
   is left out of the mean.
 """
@@ -40,11 +63,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltcl.dist import gather_rows, global_mean
+from ltcl.dist import gather_equal_rows, gather_rows, global_mean
 from ltcl.losses.validation import (
     anchor_rows,
     check_class_counts,
@@ -55,8 +80,12 @@ from ltcl.losses.validation import (
     zero_with_graph,
 )
 
+QueueStart = Literal["random", "empty"]
+QUEUE_STARTS = ("random", "empty")
+EMPTY = -1  # label of a queue slot that holds no key yet (masked start)
 
-def _check_weights(alpha: float, beta: float, gamma: float, temperature: float) -> None:
+
+def _check_weights(alpha: float, beta: float, gamma: float, temperature: float, smooth: float = 0.0) -> None:
     for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
@@ -64,18 +93,35 @@ def _check_weights(alpha: float, beta: float, gamma: float, temperature: float) 
         raise ValueError("alpha and beta must not both be 0 (no anchor would have a positive term).")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}.")
+    if not (isinstance(smooth, (int, float)) and 0 <= smooth < 1):
+        raise ValueError(f"smooth must be a number in [0, 1), got {smooth!r}.")
 
 
 @dataclass(frozen=True)
 class GPaCoWeights:
     """GPaCo's weights: ``alpha`` of the sample positives, ``beta`` of the own-centre positive, ``gamma`` of the
-    sample terms in the denominator and the temperature of the sample similarities. The defaults are the authors'
-    CIFAR-100-LT values."""
+    sample terms in the denominator, the temperature of the sample similarities and the label smoothing of the
+    centre positive. The defaults are the authors' CIFAR-100-LT values."""
 
     alpha: float = 0.01
     beta: float = 1.0
     gamma: float = 1.0
     temperature: float = 0.05
+    smooth: float = 0.0
+
+
+class GPaCoTerms(NamedTuple):
+    """Per-anchor results of :func:`gpaco_per_anchor`, each (A,).
+
+    Attributes:
+        loss: ``L_i``, 0 where the positive weights sum to 0.
+        has_positive: bool, the anchors that count in the mean.
+        centre_weight: ``beta / (beta + alpha |P(i)|)``, the share of the own-centre positive (0 without positives).
+    """
+
+    loss: Tensor
+    has_positive: Tensor
+    centre_weight: Tensor
 
 
 def gpaco_per_anchor(
@@ -85,48 +131,181 @@ def gpaco_per_anchor(
     log_prior: Tensor,
     weights: GPaCoWeights,
     anchors: slice | None = None,
-) -> tuple[Tensor, Tensor]:
+    queue: Tensor | None = None,
+    queue_labels: Tensor | None = None,
+) -> GPaCoTerms:
     """Per-anchor GPaCo terms ``L_i`` (module docstring); no value checks, no host synchronisation.
 
     Args:
-        features: (N, D) L2-normalised projections; the contrast set (all ranks' rows under DDP).
+        features: (N, D) L2-normalised projections of the batch; the batch's contrast rows (all ranks' rows under
+            DDP).
         labels: (N,) int64 labels of ``features``.
         logits: (A, C) classifier logits of the anchors, the rows ``anchors`` of ``features``.
         log_prior: (C,) ``log(N_j / sum_k N_k)``.
-        weights: alpha, beta, gamma and the two temperatures (:class:`GPaCoWeights`).
+        weights: alpha, beta, gamma, temperature and smoothing (:class:`GPaCoWeights`).
         anchors: contiguous rows of ``features`` that are anchors (all when None).
+        queue: (K, D) keys of past batches, extra contrast rows that are never anchors (no gradient flows to them
+            unless they require one), or None.
+        queue_labels: (K,) int64 labels of ``queue``; ``EMPTY`` (-1) marks a slot without a key (left out).
 
     Returns:
-        loss: (A,) ``L_i``, 0 where the positive weights sum to 0; has_positive: (A,) bool.
+        :class:`GPaCoTerms`.
     """
     start, stop = anchor_rows(anchors, features.shape[0])
     alpha, beta, gamma = weights.alpha, weights.beta, weights.gamma
-    temperature = weights.temperature
     dtype = torch.promote_types(compute_dtype(features), compute_dtype(logits))
     with torch.autocast(device_type=features.device.type, enabled=False):
         z = features.to(dtype)
+        contrast, contrast_labels = z, labels
+        if queue is not None:
+            contrast = torch.cat([z, queue.to(device=z.device, dtype=dtype)])
+            contrast_labels = torch.cat([labels, queue_labels.to(labels.device)])
         anchor_y = labels[start:stop]
         centre = logits.to(dtype) + log_prior.to(device=logits.device, dtype=dtype)  # (A, C)
-        sim = (z[start:stop] / temperature) @ z.T  # (A, N)
+        sim = (z[start:stop] / weights.temperature) @ contrast.T  # (A, N + K)
         rows = torch.arange(stop - start, device=z.device)
-        positive = anchor_y[:, None] == labels[None, :]
+        positive = anchor_y[:, None] == contrast_labels[None, :]  # empty slots (-1) match no anchor
         positive[rows, rows + start] = False
 
-        # gamma scales the sample terms of the denominator: add log(gamma) to their logits (-inf when gamma = 0).
+        # gamma scales the sample terms of the denominator: add log(gamma) to their logits (-inf when gamma = 0);
+        # the anchor itself and the empty queue slots are out (-inf).
         log_gamma = math.log(gamma) if gamma > 0 else -math.inf
-        sample_den = sim + log_gamma
-        sample_den = sample_den.index_put((rows, rows + start), torch.tensor(-math.inf, dtype=dtype, device=z.device))
+        minus_inf = torch.tensor(-math.inf, dtype=dtype, device=z.device)
+        out = (contrast_labels < 0)[None, :].expand_as(sim).clone()
+        out[rows, rows + start] = True
+        sample_den = torch.where(out, minus_inf, sim + log_gamma)
         log_den = torch.logsumexp(torch.cat([centre, sample_den], dim=1), dim=1)  # (A,)
 
         # Each positive's log-probability is (its logit - log D_i); the weights are normalised to sum to 1.
         own = centre.gather(1, anchor_y[:, None]).squeeze(1)
+        if weights.smooth > 0:
+            eps = weights.smooth
+            other = (centre.sum(1) - own) / (centre.shape[1] - 1)
+            own = (1 - eps) * own + eps * other
         count = positive.sum(1).to(dtype)
         weight_sum = beta + alpha * count
         weighted_logit = beta * own + alpha * (sim * positive).sum(1)
         has_positive = weight_sum > 0
-        loss = log_den - weighted_logit / weight_sum.clamp(min=torch.finfo(dtype).tiny)
+        safe_sum = weight_sum.clamp(min=torch.finfo(dtype).tiny)
+        loss = log_den - weighted_logit / safe_sum
         loss = torch.where(has_positive, loss, torch.zeros_like(loss))
-    return loss, has_positive
+        centre_weight = torch.where(has_positive, beta / safe_sum, torch.zeros_like(safe_sum))
+    return GPaCoTerms(loss, has_positive, centre_weight)
+
+
+def initial_queue(size: int, dim: int, num_classes: int, start: QueueStart = "random", seed: int = 0):
+    """The queue's first contents: (K, D) keys and (K,) int64 labels.
+
+    ``random``: as the authors' builder (GPaCo/LT/moco/builder.py, ``torch.randn(K, dim)`` normalised along dim 0,
+    labels ``torch.randint(0, C, (K,))``), drawn from a generator seeded with ``seed`` (the same draws as the
+    global generator after ``torch.manual_seed(seed)``). The columns, not the rows, are unit vectors: each key has
+    norm about sqrt(D / K). ``empty``: zero keys labelled ``EMPTY``, left out of the loss until replaced.
+    """
+    if start not in QUEUE_STARTS:
+        raise ValueError(f"queue_start must be one of {', '.join(QUEUE_STARTS)}, got {start!r}.")
+    if start == "empty":
+        return torch.zeros(size, dim), torch.full((size,), EMPTY, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(int(seed))
+    keys = F.normalize(torch.randn(size, dim, generator=generator), dim=0)
+    labels = torch.randint(0, num_classes, (size,), generator=generator)
+    return keys, labels
+
+
+class GPaCoProjectionHead(nn.Sequential):
+    """GPaCo's projection head: Linear(F, F)-ReLU-Linear(F, F)-ReLU-Linear(F, D), no BatchNorm (the authors'
+    builder turns the encoder's ``fc`` into this MLP, GPaCo/LT/moco/builder.py line 47). Maps (B, F) backbone
+    features to (B, D) projections, not normalised."""
+
+    def __init__(self, feature_dim: int, out_dim: int) -> None:
+        if feature_dim <= 0 or out_dim <= 0:
+            raise ValueError(f"GPaCoProjectionHead needs positive sizes, got {feature_dim} -> {out_dim}.")
+        super().__init__(
+            nn.Linear(feature_dim, feature_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(feature_dim, feature_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(feature_dim, out_dim),
+        )
+
+
+class GPaCoQueue(nn.Module):
+    """A first-in first-out queue of K keys and their labels (MoCo's, without the momentum encoder).
+
+    Buffers (checkpointed): ``keys`` (K, D), ``labels`` (K,) int64 (``EMPTY`` for a slot without a key),
+    ``pointer`` (the next slot to write), ``pushed`` (real keys written so far, capped at K).
+
+    Args:
+        size: K.
+        dim: D, the keys' length.
+        num_classes: C (the random start draws labels in [0, C)).
+        start: ``random`` (the authors') or ``empty`` (:func:`initial_queue`).
+        seed: seed of the random start.
+        gather_distributed: under torch.distributed, every process pushes the keys of all processes (in rank
+            order), so the queues stay identical.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        dim: int,
+        num_classes: int,
+        *,
+        start: QueueStart = "random",
+        seed: int = 0,
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(size, int) and size >= 1) or not (isinstance(dim, int) and dim >= 1):
+            raise ValueError(f"a queue needs a size >= 1 and a key length >= 1, got size {size!r}, dim {dim!r}.")
+        keys, labels = initial_queue(size, dim, num_classes, start, seed)
+        self.size, self.start, self.gather_distributed = size, start, bool(gather_distributed)
+        self.register_buffer("keys", keys)
+        self.register_buffer("labels", labels)
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("pushed", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, dim={self.keys.shape[1]}, start={self.start}"
+
+    @torch.no_grad()
+    def push(self, keys: Tensor, labels: Tensor) -> None:
+        """Writes ``keys`` (n, D) and ``labels`` (n,) over the oldest slots (every process's rows under
+        ``gather_distributed``: each process must pass the same n). No host synchronisation."""
+        if keys.dim() != 2 or keys.shape[1] != self.keys.shape[1] or labels.shape != keys.shape[:1]:
+            raise ValueError(
+                f"push expects keys (n, {self.keys.shape[1]}) and labels (n,), got {tuple(keys.shape)} and "
+                f"{tuple(labels.shape)}."
+            )
+        keys, labels = keys.detach(), labels.detach()
+        if self.gather_distributed:
+            keys, labels = gather_equal_rows(keys), gather_equal_rows(labels)
+        total = keys.shape[0]
+        kept = min(total, self.size)  # a batch larger than the queue leaves only its last K keys
+        slots = (self.pointer + (total - kept) + torch.arange(kept, device=self.pointer.device)) % self.size
+        self.keys.index_copy_(0, slots, keys[total - kept :].to(self.keys.dtype))
+        self.labels.index_copy_(0, slots, labels[total - kept :].to(self.labels.device))
+        self.pointer.copy_((self.pointer + total) % self.size)
+        self.pushed.copy_(torch.clamp(self.pushed + total, max=self.size))
+
+    def fill(self) -> Tensor:
+        """Share of the slots that hold a key of a real batch (the random start's keys do not count)."""
+        return self.pushed.to(torch.float64) / self.size
+
+
+def _check_queue(queue: Tensor | None, queue_labels: Tensor | None, dim: int, num_classes: int) -> None:
+    if (queue is None) != (queue_labels is None):
+        raise ValueError("queue and queue_labels go together: pass both or neither.")
+    if queue is None:
+        return
+    check_features(queue, "queue")
+    if queue.shape[1] != dim:
+        raise ValueError(f"queue keys have length {queue.shape[1]} but features have {dim}.")
+    if not isinstance(queue_labels, Tensor) or queue_labels.dim() != 1 or queue_labels.dtype != torch.int64:
+        raise ValueError("queue_labels must be a 1-D torch.int64 tensor.")
+    if queue_labels.shape[0] != queue.shape[0]:
+        raise ValueError(f"queue_labels have {queue_labels.shape[0]} entries but the queue has {queue.shape[0]}.")
+    if queue_labels.numel() and not bool(((queue_labels >= EMPTY) & (queue_labels < num_classes)).all()):
+        raise ValueError(f"queue_labels must be class indices in [0, {num_classes}) or {EMPTY} for an empty slot.")
 
 
 def gpaco_loss(
@@ -135,6 +314,8 @@ def gpaco_loss(
     logits: Tensor,
     class_counts: Sequence[int] | Tensor,
     weights: GPaCoWeights = GPaCoWeights(),
+    queue: Tensor | None = None,
+    queue_labels: Tensor | None = None,
 ) -> Tensor:
     """GPaCo loss (module docstring), validating every input (shapes, dtypes, label range, finiteness, weights).
 
@@ -143,47 +324,60 @@ def gpaco_loss(
         labels: (N,) int64 in [0, C).
         logits: (N, C) classifier logits of the same rows.
         class_counts: (C,) positive training counts ``N_j`` (the log prior of the centre logits).
-        weights: alpha, beta, gamma and the two temperatures (:class:`GPaCoWeights`).
+        weights: alpha, beta, gamma, temperature and smoothing (:class:`GPaCoWeights`).
+        queue: (K, D) keys of past batches (extra contrast rows, never anchors), or None.
+        queue_labels: (K,) int64 labels of the keys in [0, C), or -1 for an empty slot.
 
     Returns:
         Scalar mean of ``L_i`` over anchors with a positive term; a zero with a gradient graph when there is none.
     """
     counts = check_class_counts(class_counts)
-    _check_weights(weights.alpha, weights.beta, weights.gamma, weights.temperature)
+    _check_weights(weights.alpha, weights.beta, weights.gamma, weights.temperature, weights.smooth)
     check_features(features)
     check_logits(logits, labels, counts.numel())
     if logits.shape[0] != features.shape[0]:
         raise ValueError(f"logits have {logits.shape[0]} rows but features have {features.shape[0]}.")
     if not bool(torch.isfinite(logits).all()):
         raise ValueError("logits contain NaN or inf values.")
+    if weights.smooth > 0 and counts.numel() < 2:
+        raise ValueError("smooth > 0 spreads the centre weight over the other classes: it needs at least 2 classes.")
+    _check_queue(queue, queue_labels, features.shape[1], counts.numel())
     if features.shape[0] == 0:
         return zero_with_graph(features) + zero_with_graph(logits)
     log_prior = (counts / counts.sum()).log()
-    loss, has_positive = gpaco_per_anchor(features, labels, logits, log_prior, weights)
-    return loss.sum() / has_positive.sum().clamp(min=1)
+    terms = gpaco_per_anchor(features, labels, logits, log_prior, weights, queue=queue, queue_labels=queue_labels)
+    return terms.loss.sum() / terms.has_positive.sum().clamp(min=1)
 
 
 class GPaCoLoss(nn.Module):
-    """Generalized Parametric Contrastive loss (equations and code differences in the module docstring).
+    """Generalized Parametric Contrastive loss with its queue (equations and code differences in the module
+    docstring).
 
     Args:
         class_counts: (C,) training images per class; their log prior shifts the centre logits.
-        alpha: weight of the sample positives (0.01 in the authors' CIFAR-100-LT scripts, 0.05 for ImageNet-LT X50).
+        alpha: weight of the sample positives (0.01 in the authors' CIFAR scripts, 0.05 for ImageNet-LT X50).
         beta: weight of the own-class centre positive (1.0 in every script).
         gamma: weight of the sample terms in the denominator (1.0 in every script).
         temperature: tau of the sample similarities (0.05 on CIFAR-LT, 0.2 on ImageNet-LT).
-        gather_distributed: under torch.distributed, contrast against the global batch (gathered with gradient);
-            the anchors, and the ``logits`` passed in, are this rank's rows. The value is the global-batch loss and
-            its gradient is scaled for DDP's average (``ltcl.dist.global_mean``).
+        smooth: label smoothing of the centre positive (0.1 in the full-ImageNet script, 0 elsewhere).
+        queue_size: K, keys of past batches kept as extra contrast rows (0: no queue, the batch alone).
+        key_dim: D, the keys' length (needed when ``queue_size`` > 0).
+        queue_start: ``random`` (the authors': random keys, random labels) or ``empty`` (masked until filled).
+        seed: seed of the random start.
+        gather_distributed: under torch.distributed, contrast against the global batch (gathered with gradient)
+            and the queue, and enqueue the global batch; the anchors, and the ``logits`` passed in, are this rank's
+            rows. The value is the global-batch loss and its gradient is scaled for DDP's average
+            (``ltcl.dist.global_mean``).
 
     Inputs of ``forward(features, labels, logits)``:
         features: (N, D) float projections, L2-normalised (the loss does not normalise them), all views as rows.
         labels: (N,) int64 class indices in [0, C).
-        logits: (N, C) float raw classifier logits of the same rows (the loss adds the log prior). Pass every view
-            of every image, with its logits (GPaCo's code uses both views as anchors).
+        logits: (N, C) float raw classifier logits of the same rows (the loss adds the log prior).
 
-    Returns a scalar, the mean over anchors with a positive term. Shapes and the labels' dtype are always checked,
-    the label range only on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
+    Returns a scalar, the mean over anchors with a positive term; ``last_centre_weight`` then holds the mean
+    own-centre weight ``beta / (beta + alpha |P(i)|)`` of this rank's anchors (detached). ``enqueue(keys, labels)``
+    pushes keys afterwards (no gradient). Shapes and the labels' dtype are always checked, the label range only on
+    the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
     def __init__(
@@ -194,16 +388,36 @@ class GPaCoLoss(nn.Module):
         beta: float = 1.0,
         gamma: float = 1.0,
         temperature: float = 0.05,
+        smooth: float = 0.0,
+        queue_size: int = 0,
+        key_dim: int = 0,
+        queue_start: QueueStart = "random",
+        seed: int = 0,
         gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         counts = check_class_counts(class_counts)
-        _check_weights(alpha, beta, gamma, temperature)
+        _check_weights(alpha, beta, gamma, temperature, smooth)
+        if smooth > 0 and counts.numel() < 2:
+            raise ValueError("smooth > 0 spreads the centre weight over the other classes: it needs 2 classes.")
+        if not (isinstance(queue_size, int) and queue_size >= 0):
+            raise ValueError(f"queue_size must be an integer >= 0, got {queue_size!r}.")
         self.num_classes = counts.numel()
-        self.weights = GPaCoWeights(float(alpha), float(beta), float(gamma), float(temperature))
+        self.weights = GPaCoWeights(float(alpha), float(beta), float(gamma), float(temperature), float(smooth))
         self.gather_distributed = bool(gather_distributed)
         # float64: exact for float64 inputs; cast per forward to the compute dtype (C numbers).
         self.register_buffer("log_prior", (counts / counts.sum()).log())
+        self.queue = None
+        if queue_size > 0:
+            self.queue = GPaCoQueue(
+                queue_size,
+                key_dim,
+                self.num_classes,
+                start=queue_start,
+                seed=seed,
+                gather_distributed=gather_distributed,
+            )
+        self.last_centre_weight: Tensor | None = None
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, {self.weights}, gather_distributed={self.gather_distributed}"
@@ -215,9 +429,20 @@ class GPaCoLoss(nn.Module):
             raise ValueError(f"logits must have shape (N, {self.num_classes}), got {getattr(logits, 'shape', logits)}.")
         if logits.shape[0] != features.shape[0]:
             raise ValueError(f"logits have {logits.shape[0]} rows but features have {features.shape[0]}.")
+        if self.queue is not None and features.shape[1] != self.queue.keys.shape[1]:
+            raise ValueError(f"features have length {features.shape[1]} but the queue keys {self.queue.keys.shape[1]}.")
         check_labels(labels, features.shape[0], self.num_classes, sync=False)
         anchors = None
         if self.gather_distributed:
             features, labels, anchors = gather_rows(features, labels)
-        per_anchor, has_positive = gpaco_per_anchor(features, labels, logits, self.log_prior, self.weights, anchors)
-        return global_mean(per_anchor, has_positive)
+        queue = (self.queue.keys, self.queue.labels) if self.queue is not None else (None, None)
+        terms = gpaco_per_anchor(features, labels, logits, self.log_prior, self.weights, anchors, *queue)
+        self.last_centre_weight = (terms.centre_weight.sum() / terms.has_positive.sum().clamp(min=1)).detach()
+        return global_mean(terms.loss, terms.has_positive)
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor, labels: Tensor) -> None:
+        """Pushes (n, D) detached keys and their (n,) labels into the queue (the global batch's under
+        ``gather_distributed``); nothing without a queue."""
+        if self.queue is not None:
+            self.queue.push(keys, labels)
