@@ -58,6 +58,7 @@ from torchvision.ops import roi_align
 
 from ltcl.config import ConfigError, from_dict
 from ltcl.config.checks import AT_LEAST_0, AT_LEAST_1, MOMENTUM, NON_NEGATIVE, check
+from ltcl.dist import distributed_world
 from ltcl.losses.dscl import DSCLLoss
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
 from ltcl.methods.registry import register_objective
@@ -95,17 +96,19 @@ def global_pool(backbone: nn.Module) -> nn.Module:
     return pools[-1]
 
 
-def sample_patch_boxes(count: int, batch: int, height: int, width: int, scale, ratio, device) -> Tensor:
-    """(count, batch, 4) boxes ``x1, y1, x2, y2`` in pixels: area a fraction uniform in ``scale`` of the image's,
-    aspect ratio log-uniform in ``ratio``, position uniform (RandomResizedCrop's draw, without its retries: a box
-    wider or taller than the image is clipped to it)."""
-    s = scale[0] + (scale[1] - scale[0]) * torch.rand(count, batch, device=device)
+def sample_patch_boxes(
+    count: int, batch: int, height: int, width: int, scale, ratio, generator: torch.Generator
+) -> Tensor:
+    """(count, batch, 4) boxes ``x1, y1, x2, y2`` in pixels, on the generator's device: area a fraction uniform in
+    ``scale`` of the image's, aspect ratio log-uniform in ``ratio``, position uniform (RandomResizedCrop's draw,
+    without its retries: a box wider or taller than the image is clipped to it)."""
+    u = torch.rand(4, count, batch, device=generator.device, generator=generator)
+    s = scale[0] + (scale[1] - scale[0]) * u[0]
     low, high = math.log(ratio[0]), math.log(ratio[1])
-    r = torch.exp(low + (high - low) * torch.rand(count, batch, device=device))
+    r = torch.exp(low + (high - low) * u[1])
     w = torch.sqrt(height * width * s * r).clamp(max=width)
     h = torch.sqrt(height * width * s / r).clamp(max=height)
-    x1 = torch.rand(count, batch, device=device) * (width - w)
-    y1 = torch.rand(count, batch, device=device) * (height - h)
+    x1, y1 = u[2] * (width - w), u[3] * (height - h)
     return torch.stack([x1, y1, x1 + w, y1 + h], dim=-1)
 
 
@@ -116,9 +119,14 @@ def box_rois(boxes: Tensor) -> Tensor:
     return torch.cat([index[:, None], boxes.reshape(-1, 4)], dim=1)
 
 
+def _at_least_float32(tensor: Tensor) -> Tensor:
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def cut_patches(images: Tensor, rois: Tensor, size: int) -> Tensor:
     """The boxes of ``rois`` cut from ``images`` (B, 3, H, W) and resized to ``size`` px: (R, 3, size, size)."""
-    return roi_align(images.float(), rois.float(), output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    images = _at_least_float32(images)
+    return roi_align(images, rois.to(images.dtype), size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
 @register_objective
@@ -169,9 +177,27 @@ class DecoupledSupCon(Objective):
         self.register_module("key_encoder", None)
         self.distill = s.num_patches > 0 and s.distill_weight > 0
         self.stat_names = ("loss_view", "loss_class", "loss_pbsd", "loss_cls", "queue_fill")
+        # The patches' random numbers come from a generator of their own, seeded per step from (seed, step, rank):
+        # the global generators are drawn from elsewhere too (a DataLoader draws from torch's when an epoch's
+        # iterator starts), so a run resumed mid-epoch would cut other patches. Both numbers are checkpointed.
+        self._seed, self._draws = int(torch.randint(0, 2**31, ()).item()), 0
+        self.register_buffer("patch_seed", torch.tensor(self._seed, dtype=torch.int64))
+        self.register_buffer("patch_draws", torch.zeros((), dtype=torch.int64))
+        self.register_load_state_dict_post_hook(lambda module, keys: module._read_counters())
         self._maps: deque[Tensor] = deque(maxlen=8)
         self._capturing = True
         self._pending: tuple[Tensor, Tensor] | None = None
+
+    def _read_counters(self) -> None:
+        self._seed, self._draws = int(self.patch_seed), int(self.patch_draws)  # once, when a checkpoint is loaded
+
+    def _patch_generator(self, device: torch.device) -> torch.Generator:
+        rank, _ = distributed_world()
+        generator = torch.Generator(device=device)
+        generator.manual_seed((self._seed * 1_000_003 + self._draws) * 1024 + rank)
+        self._draws += 1
+        self.patch_draws.fill_(self._draws)
+        return generator
 
     # -- the key encoder and the feature-map hook ---------------------------------------------------------------
 
@@ -240,19 +266,20 @@ class DecoupledSupCon(Objective):
         query's ``feature_map`` (teachers)."""
         s = self.section
         batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
-        boxes = sample_patch_boxes(s.num_patches, batch, height, width, s.patch_scale, s.patch_ratio, images.device)
+        generator = self._patch_generator(images.device)
+        boxes = sample_patch_boxes(s.num_patches, batch, height, width, s.patch_scale, s.patch_ratio, generator)
         rois = box_rois(boxes)
         patches = cut_patches(images, rois, s.patch_size)
         if s.patch_flip:
-            flip = torch.rand(patches.shape[0], device=patches.device) < 0.5
+            flip = torch.rand(patches.shape[0], device=patches.device, generator=generator) < 0.5
             patches = torch.where(flip[:, None, None, None], patches.flip(-1), patches)
         patches = patches.to(images.dtype)
         with torch.no_grad():
             scale = feature_map.shape[-1] / width  # the map's stride: 1/32 for ResNet-50, as the code's spatial_scale
-            pooled = roi_align(
-                feature_map.float(), rois, output_size=s.roi_size, spatial_scale=scale, sampling_ratio=-1, aligned=False
-            )
-            teachers = F.normalize(model.projection(pooled.mean(dim=(2, 3)).to(feature_map.dtype)), dim=1)
+            feature_map = _at_least_float32(feature_map)
+            rois = rois.to(feature_map.dtype)
+            pooled = roi_align(feature_map, rois, s.roi_size, spatial_scale=scale, sampling_ratio=-1, aligned=False)
+            teachers = F.normalize(model.projection(pooled.mean(dim=(2, 3))), dim=1)
         self._capturing = False
         try:
             students = [model(part, with_projection=True).projections for part in patches.split(batch)]
