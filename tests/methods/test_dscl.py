@@ -180,3 +180,23 @@ def test_dscl_trains_from_the_command_line_and_resumes_to_the_same_weights(tmp_p
     assert all(float(r["loss_pbsd"]) > 0 and float(r["loss_class"]) > 0 for r in rows)
     results = json.loads((tmp_path / "straight" / "digits_lt" / "results.json").read_text())
     assert 0 <= results["test"]["all"] <= 100
+
+
+SHARED_PROTOCOL = [  # configs/cifar10_lt_if100_acl.yaml -> DSCL's CIFAR-10-LT row of the 20-epoch protocol
+    "loss.objective=dscl", "views.num_views=2", "views.presets=[simclr,simclr]", "views.contrastive_mode=uniform",
+    "model.projection_hidden=64", "model.projection_dim=128", "loss.temperature=0.07", "loss.dscl.queue_size=7040",
+    "loss.dscl.patch_size=8", "optim.lr=0.05", "optim.epochs=20", "optim.warmup_epochs=1", "optim.schedule=cosine",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["cifar10_lt_if100_dscl", "cifar100_lt_if100_dscl", "imagenet_lt_x50_dscl"])
+def test_the_rival_configs_resolve(name):
+    cfg = resolve_config(load_config(DIGITS.replace("digits_lt.yaml", f"rivals/{name}.yaml")))
+    assert cfg.loss.objective == "dscl" and cfg.views.num_views == 2 and cfg.model.classifier == "linear"
+    assert set(cfg.loss.sections) == {"dscl"} and cfg.loss.temperature == 0.07
+
+
+def test_the_shared_protocol_overrides_resolve():
+    cfg = resolve_config(load_config(DIGITS.replace("digits_lt.yaml", "cifar10_lt_if100_acl.yaml"), SHARED_PROTOCOL))
+    assert cfg.model.backbone == "resnet32" and cfg.data.batch_size == 128 and cfg.optim.epochs == 20
+    assert cfg.loss.sections["dscl"]["queue_size"] % cfg.data.batch_size == 0
