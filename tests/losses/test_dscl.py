@@ -177,7 +177,9 @@ def test_bad_inputs_are_one_sentence():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Two gloo processes, each with half of the global batch, against one process with all of it.
+# Two gloo processes, each with half of the global batch. As in the authors' code, each process contrasts its own
+# batch and the queue, and the queue receives the global batch's keys: every process must hold the same queue, and
+# the result must equal one process that computes each half's loss against the same queue and averages them.
 
 WORLD, PER_RANK, IN_DIM = 2, 4, 5
 
@@ -195,25 +197,6 @@ def _batches():
     return out
 
 
-def _run(model, loss_fn, rows):
-    """As in training: the queries through the (DDP-wrapped) model, the patches through the plain network."""
-    plain = getattr(model, "module", model)
-    records = []
-    for x, patches, teachers, keys, y in _batches():
-        q = F.normalize(model(x[rows]), dim=1)
-        q.retain_grad()
-        students = [F.normalize(plain(p[rows]), dim=1) for p in patches]
-        view, klass = loss_fn(q, keys[rows], y[rows])
-        loss = view + klass + 1.5 * loss_fn.distillation(students, [t[rows] for t in teachers], keys[rows])
-        loss.backward()
-        grads = {name.removeprefix("module."): p.grad.clone() for name, p in model.named_parameters()}
-        records.append({"loss": loss.item(), "q_grad": q.grad.clone(), "params": grads})
-        model.zero_grad()
-        loss_fn.enqueue(keys[rows], y[rows])
-        records[-1]["queue"] = (loss_fn.queue.clone(), loss_fn.queue_labels.clone(), int(loss_fn.queue_ptr))
-    return records
-
-
 def _make(gather):
     torch.manual_seed(5)
     model = nn.Linear(IN_DIM, D).double()
@@ -221,12 +204,37 @@ def _make(gather):
     return model, loss_fn
 
 
+def _half_loss(model, loss_fn, batch, rows):
+    """One process's loss: its queries (through the DDP-wrapped model, as the engine does) and patches (through the
+    plain network, as the objective does) against its keys and the queue."""
+    x, patches, teachers, keys, y = batch
+    plain = getattr(model, "module", model)
+    q = F.normalize(model(x[rows]), dim=1)
+    q.retain_grad()
+    students = [F.normalize(plain(p[rows]), dim=1) for p in patches]
+    view, klass = loss_fn(q, keys[rows], y[rows])
+    return view + klass + 1.5 * loss_fn.distillation(students, [t[rows] for t in teachers], keys[rows]), q
+
+
+def _record(model, loss_fn, loss, q_grads):
+    loss.backward()
+    grads = {name.removeprefix("module."): p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    return {"loss": loss.item(), "q_grad": q_grads(), "params": grads}
+
+
 def _worker(rank, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         model, loss_fn = _make(gather=True)
         model = nn.parallel.DistributedDataParallel(model)
-        records = _run(model, loss_fn, slice(rank * PER_RANK, (rank + 1) * PER_RANK))
+        records = []
+        for batch in _batches():
+            rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+            loss, q = _half_loss(model, loss_fn, batch, rows)
+            records.append(_record(model, loss_fn, loss, lambda q=q: q.grad.clone()))
+            loss_fn.enqueue(batch[3][rows], batch[4][rows])
+            records[-1]["queue"] = (loss_fn.queue.clone(), loss_fn.queue_labels.clone(), int(loss_fn.queue_ptr))
         torch.save(records, os.path.join(out_dir, f"rank{rank}.pt"))
         del model
         dist.barrier()
@@ -234,18 +242,27 @@ def _worker(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
-def test_two_processes_equal_one_on_the_global_batch_and_keep_one_queue(tmp_path):
+def _single_process():
+    model, loss_fn = _make(gather=False)
+    records = []
+    for batch in _batches():
+        halves = [_half_loss(model, loss_fn, batch, slice(r * PER_RANK, (r + 1) * PER_RANK)) for r in range(WORLD)]
+        loss = sum(h[0] for h in halves) / WORLD  # DDP averages the processes' gradients
+        records.append(_record(model, loss_fn, loss, lambda halves=halves: [WORLD * h[1].grad for h in halves]))
+        loss_fn.enqueue(batch[3], batch[4])
+        records[-1]["queue"] = (loss_fn.queue.clone(), loss_fn.queue_labels.clone(), int(loss_fn.queue_ptr))
+    return records
+
+
+def test_two_processes_contrast_their_own_batch_and_share_one_queue(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
-    single = _run(*_make(gather=False), slice(None))
-    for step, want in enumerate(single):
+    for step, want in enumerate(_single_process()):
         for rank, records in enumerate(ranks):
             got = records[step]
-            assert got["loss"] == pytest.approx(want["loss"], rel=1e-10)
-            rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-            torch.testing.assert_close(got["q_grad"], WORLD * want["q_grad"][rows], rtol=1e-9, atol=1e-12)
-            for name, grad in want["params"].items():  # the second term of the loss goes through the patches too
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-10)  # the mean over every process's anchors
+            torch.testing.assert_close(got["q_grad"], want["q_grad"][rank], rtol=1e-9, atol=1e-12)
+            for name, grad in want["params"].items():  # after DDP's average
                 torch.testing.assert_close(got["params"][name], grad, rtol=1e-9, atol=1e-12)
-            # Every process holds the global batch's keys in the same rows: one queue.
             torch.testing.assert_close(got["queue"][0], want["queue"][0], rtol=0, atol=0)
             assert torch.equal(got["queue"][1], want["queue"][1]) and got["queue"][2] == want["queue"][2]

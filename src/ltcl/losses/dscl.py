@@ -35,9 +35,11 @@ Where ltcl departs from that code:
   are in the compute dtype and the log-sum-exp is exact. In float64 the published code differs from this module by
   about 1e-8 relative (the float32 weights); with those two edits to its source, by 1e-13.
 - ``base_temperature`` defaults to the temperature in the code (``T / base_T = 1``): left out.
-- Under torch.distributed the code contrasts each GPU's queries with its own batch (queries and keys of that GPU) and
-  the queue; here, with ``gather_distributed``, with the global batch's queries (with gradient) and keys, so that
-  the loss equals one process on the global batch. The queue is filled with the global batch's keys in both.
+- None under torch.distributed: as in the code, each process contrasts its own queries with its own batch (its
+  queries and keys) and the queue, and the queue receives the keys of the global batch (gathered from every
+  process, in rank order), so that every process holds the same queue. The reported value is the mean over every
+  process's anchors (``ltcl.dist.global_mean``, whose gradient is the local mean's when the processes hold equal
+  batches, as DDP then averages it).
 - The queue is stored row-wise (K, D) instead of (D, K); its initial contents are random unit vectors with random
   labels, as in the code (lines 43-47), replaced batch by batch (the authors' "TODO: maybe should fill the queue").
 """
@@ -52,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltcl.dist import gather_equal_rows, gather_rows, global_mean
+from ltcl.dist import gather_equal_rows, global_mean
 from ltcl.losses.validation import anchor_rows, check_features, check_labels, check_temperature, compute_dtype
 
 
@@ -199,8 +201,8 @@ class DSCLLoss(nn.Module):
         queue_size: K keys kept (65536 in the authors' ImageNet-LT script).
         beta: weight of the class positives relative to the other view (8.0 in the authors' script).
         temperature: tau of DSCL and PBSD (0.07).
-        gather_distributed: under torch.distributed, contrast against the global batch (queries gathered with
-            gradient, keys without); the queue receives the global batch's keys on every process alike.
+        gather_distributed: under torch.distributed, fill the queue with the global batch's keys (the same queue on
+            every process); the contrast set stays this process's batch and the queue, as in the authors' code.
 
     ``forward(queries, keys, labels)`` returns the two DSCL terms (global means); ``distillation(students, teachers,
     keys)`` PBSD; :meth:`enqueue` adds the step's keys after the optimiser step. Inputs as in
@@ -246,14 +248,9 @@ class DSCLLoss(nn.Module):
         if keys.shape != queries.shape:
             raise ValueError(f"keys must have the queries' shape {tuple(queries.shape)}, got {tuple(keys.shape)}.")
         check_labels(labels, queries.shape[0], self.num_classes, sync=False)
-        keys, anchors = keys.detach(), None
-        if self.gather_distributed:
-            queries, labels, anchors = gather_rows(queries, labels)
-            keys = gather_equal_rows(keys)
         terms = dscl_per_anchor(
-            queries, keys, labels, self.queue, self.queue_labels, beta=self.beta, temperature=self.temperature,
-            anchors=anchors,
-        )  # fmt: skip
+            queries, keys.detach(), labels, self.queue, self.queue_labels, beta=self.beta, temperature=self.temperature
+        )
         every = torch.ones_like(terms.view, dtype=torch.bool)
         return DSCLTerms(global_mean(terms.view, every), global_mean(terms.klass, every))
 

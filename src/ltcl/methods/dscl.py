@@ -37,7 +37,8 @@ What ltcl does differently, and why:
   train mode, as in the code; without shuffle-BN across GPUs (a no-op on one GPU, and the authors' code on one).
 - The momentum update of the key encoder runs after each optimiser step (the authors' runs before each key
   forward: the same sequence of encoders).
-- Under torchrun the contrast set is the global batch (see :mod:`ltcl.losses.dscl`).
+- Under torchrun, as in the code: each process contrasts its own batch and the queue, the queue receives the global
+  batch's keys (see :mod:`ltcl.losses.dscl`).
 
 Statistics: ``loss_view`` and ``loss_class`` (DSCL's two positive terms, weights ``1 / (1 + beta)`` and
 ``beta / (1 + beta)``), ``loss_pbsd`` (the distillation loss, before its weight), ``loss_cls`` (the classifier's
