@@ -25,8 +25,8 @@ so the patch learns to rank the key and the queue (other images, other classes) 
 does: the similarity relations are what is distilled, at the contrastive temperature.
 
 Sources: SY-Xuan/DSCL, commit 72c823bacabc7e09a3656e9047403681eb0ef5c2: ``dscl/DSCL.py`` (``DSCLLoss`` lines
-208-261, ``PBSDLoss`` lines 264-302, the queue lines 42-97). The paper's text was not at hand offline; the equations
-above are the code's, written out (``w_i`` is the weight the paper calls the augmented view's).
+208-261, ``PBSDLoss`` lines 264-302, the queue lines 42-97). The paper's text was not at hand offline: the equations
+above are the code's, written out.
 
 Where ltcl departs from that code:
 

@@ -24,6 +24,8 @@ What ltcl does differently, and why:
   authors' lr 10 without weight decay; (b) under torchrun, DDP needs every trainable parameter to receive a gradient
   in every step, and a frozen backbone (or, in stage 1, an unused classifier) stops it; both need engine changes.
   The classifier's weight decay is the run's (the authors' stage 2 uses none), its learning rate the run's.
+  The authors' stage 2 also runs the frozen backbone in train mode (``equal_lincls.py`` line 356), so its
+  BatchNorm statistics are re-estimated on class-balanced batches; here they are those of stage-1 training.
 - Patches are cut on the device from the query view that the network saw (RoIAlign with adaptive sampling, which
   averages when it shrinks, like PIL's bilinear resize), with a random horizontal flip each; in the authors' loader
   they are cut before the query's colour augmentation and get colour jitter, grayscale and blur of their own. Here
