@@ -9,6 +9,7 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
     balanced_contrastive,
     balanced_softmax,
     cross_entropy,
+    dscl,
     gml,
     gpaco,
     kcl,
