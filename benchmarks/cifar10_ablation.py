@@ -135,6 +135,21 @@ SETTINGS = {
             "loss.kcl.key_momentum=0.99",
         ],
     ),
+    # DSCL (configs/rivals/cifar10_lt_if100_dscl.yaml): decoupled positive weights (beta 8), patch self-distillation,
+    # a momentum encoder and a queue of 7040 keys, two SimCLR-style views
+    "dscl": (
+        "DSCL",
+        [
+            "loss.objective=dscl",
+            "views.num_views=2",
+            "views.presets=[simclr,simclr]",
+            "views.contrastive_mode=uniform",
+            "model.projection_dim=128",
+            "loss.temperature=0.07",
+            "loss.dscl.queue_size=7040",
+            "loss.dscl.patch_size=8",
+        ],
+    ),
     # LDAM-DRW: cosine logits scaled by s = 30 in the loss, re-weighting from 80% of the epochs.
     "ldam_drw": ("LDAM-DRW", ["loss.objective=ldam", "model.classifier=cosine", "model.cosine_scale=1.0"]),
     # The defaults' check (BS + ACL, short schedule): float32 with PIL loader workers (the old default) against
@@ -181,6 +196,7 @@ ABLATION_DIFFERENCES = [
     ("BS + ACL - ProCo", "bs_acl", "proco"),
     ("BS + ACL - GML", "bs_acl", "gml"),
     ("BS + ACL - KCL", "bs_acl", "kcl"),
+    ("BS + ACL - DSCL", "bs_acl", "dscl"),
 ]
 
 
