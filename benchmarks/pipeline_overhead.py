@@ -28,7 +28,7 @@ from ltcl.config import load_config
 from ltcl.data.build import build_data
 from ltcl.engine.distributed import DistributedContext
 from ltcl.engine.loop import training_step
-from ltcl.engine.recipe import build_train_state, model_views, train_loader
+from ltcl.engine.recipe import build_train_state, model_views, train_batches
 from ltcl.engine.runtime import keep_freed_memory
 from ltcl.models import build_network
 
@@ -40,7 +40,8 @@ class FullStep:
 
     def __init__(self, cfg, data, ctx):
         self.state, _, self.amp = build_train_state(cfg, data, ctx)
-        self.sampler, self.loader = train_loader(cfg, model_views(cfg), data, ctx)
+        self.loader = train_batches(cfg, model_views(cfg), data, ctx)
+        self.sampler = self.loader
         self.sampler.set_epoch(0)
         self.batches = iter(self.loader)
         self.views = 0
@@ -51,9 +52,9 @@ class FullStep:
         except StopIteration:
             self.batches = iter(self.loader)
             batch = next(self.batches)
-        training_step(self.state, batch)
+        training_step(self.state, *batch)
         self.state.global_step += 1
-        return sum(g.shape[0] for g in batch.groups)
+        return sum(g.shape[0] for g in batch[0].groups)
 
 
 class BareStep:

@@ -29,7 +29,6 @@ Preset = Literal["cifar_autoaugment_cutout", "simclr", "randaugment", "randaugst
 ContrastiveMode = Literal["distribution_aware", "uniform"]
 Normalization = Literal["cifar", "imagenet", "model"]
 CutoutFill = Literal["mean", "black"]
-Classifier = Literal["linear", "cosine"]
 Schedule = Literal["step", "cosine"]
 Device = Literal["auto", "cpu", "cuda"]
 Amp = Literal["auto", "none", "bf16", "fp16"]
@@ -114,7 +113,7 @@ class ModelConfig:
     # 0: no projection head (objectives without a contrastive term)
     projection_dim: int = field(default=32, metadata=AT_LEAST_0)
     projection_bn: bool = False
-    classifier: Classifier = "linear"
+    classifier: str = "linear"  # a registered classifier: linear | cosine (`ltcl methods` lists them)
     cosine_scale: float = field(default=16.0, metadata=POSITIVE)  # logit scale of the cosine classifier
     trainable: list[str] = field(default_factory=list)  # parameter-name prefixes to train; empty: all
     sync_bn: bool = False

@@ -11,6 +11,7 @@ global order and takes its own share.
   used by Kang et al.).
 - ``progressive``: from instance to class-balanced over the run, class probabilities
   ``(1 - t) N_j / N + t / C`` with ``t = epoch / (epochs - 1)`` (Kang et al.'s progressively-balanced sampling).
+- ``reversed``: class j drawn with probability proportional to ``N_max / N_j`` (BBN's re-balancing branch).
 """
 
 from __future__ import annotations
@@ -86,7 +87,14 @@ def _progressive(labels: Tensor, generator: torch.Generator, progress: float) ->
     return draw_by_class(labels, (1 - progress) * counts / counts.sum() + progress * balanced, generator)
 
 
+def _reversed(labels: Tensor, generator: torch.Generator, progress: float) -> Tensor:
+    counts = _class_counts(labels)
+    inverse = torch.where(counts > 0, counts.max() / counts.clamp(min=1), torch.zeros_like(counts))
+    return draw_by_class(labels, inverse / inverse.sum(), generator)
+
+
 register_sampler(SamplingPolicy("instance", _instance, "every image once per epoch", with_replacement=False))
 register_sampler(SamplingPolicy("class_balanced", _class_balanced, "Kang et al., ICLR 2020"))
 register_sampler(SamplingPolicy("square_root", _square_root, "Mahajan et al., ECCV 2018; Kang et al., ICLR 2020"))
 register_sampler(SamplingPolicy("progressive", _progressive, "Kang et al., ICLR 2020 (progressively balanced)"))
+register_sampler(SamplingPolicy("reversed", _reversed, "Zhou et al., CVPR 2020 (BBN's reversed sampler)"))

@@ -38,10 +38,15 @@ class MultiViewForward(nn.Module):
         return [self.run(images, with_projection=with_projection) for images in groups]
 
 
-def step_record(forward: nn.Module, model: nn.Module, objective: Objective, batch: MultiViewBatch) -> StepRecord:
+def step_record(
+    forward: nn.Module, model: nn.Module, objective: Objective, batch: MultiViewBatch, second=None
+) -> StepRecord:
     """Forward of every view group the objective trains on, stacked view-major into its :class:`StepRecord`
-    (``step.images`` keeps every view)."""
+    (``step.images`` keeps every view; ``second`` is the second batch of a method that asked for one)."""
     every_view = batch
+    if objective.network_views == 0:  # the method runs the network itself
+        return StepRecord(None, batch.labels, None, batch.contrastive_mask[:0].flatten(), 0, batch.batch_size,
+                          model, images=batch.groups, group_views=batch.group_views, second=second)  # fmt: skip
     if objective.network_views is not None:
         batch = batch.first_views(objective.network_views)
     outputs = forward(batch.groups, objective.needs_projections)
@@ -61,20 +66,24 @@ def step_record(forward: nn.Module, model: nn.Module, objective: Objective, batc
         features=features,
         images=every_view.groups,
         group_views=every_view.group_views,
+        second=second,
     )
 
 
-def training_step(state: TrainState, batch: MultiViewBatch) -> None:
-    """One optimisation step on ``batch``; adds its statistics to ``state.progress`` and ``state.nonfinite``."""
+def training_step(state: TrainState, batch: MultiViewBatch, second: MultiViewBatch | None = None) -> None:
+    """One optimisation step on ``batch`` (and the method's ``second`` batch); adds its statistics to
+    ``state.progress`` and ``state.nonfinite``."""
     cfg, device = state.cfg, state.ctx.device
-    batch = batch.to(device, non_blocking=True)
+    batches = [b.to(device, non_blocking=True) for b in (batch, second) if b is not None]
     if cfg.train.channels_last:
-        batch.groups = [g.contiguous(memory_format=torch.channels_last) for g in batch.groups]
+        for b in batches:
+            b.groups = [g.contiguous(memory_format=torch.channels_last) for g in b.groups]
+    batch, second = batches[0], (batches[1] if second is not None else None)
     lr = learning_rate(cfg.optim, state.global_step, state.steps_per_epoch)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     with autocast_context(device, state.amp):
-        step = step_record(state.forward, state.model, state.objective, batch)
+        step = step_record(state.forward, state.model, state.objective, batch, second)
         out: LossOutput = state.objective(step)
     state.optimizer.zero_grad(set_to_none=True)
     if state.scaler is not None:
@@ -88,7 +97,8 @@ def training_step(state: TrainState, batch: MultiViewBatch) -> None:
     with torch.no_grad():
         state.objective.after_step(step)
         b = batch.batch_size
-        correct = (step.logits[:b].argmax(1) == batch.labels).sum()
+        predicted = out.logits if out.logits is not None else step.logits
+        correct = (predicted[:b].argmax(1) == batch.labels).sum()
         values = torch.stack([out.loss.detach().double(), *(out.parts[n].double() for n in state.objective.stat_names)])
         state.progress.add_step(values, correct, b)
         state.nonfinite.record(values)
@@ -107,7 +117,8 @@ def train_one_epoch(state: TrainState, loader, monitor) -> bool:
     """Trains batches ``state.batch ..`` of epoch ``state.epoch`` (0-based) and counts them in ``state``.
 
     Args:
-        loader: yields the epoch's :class:`MultiViewBatch` es from ``state.batch`` on.
+        loader: yields the epoch's ``(batch, second)`` pairs of :class:`MultiViewBatch` es (second None unless the
+            method asked for a second batch) from ``state.batch`` on.
         monitor: a :class:`~ltcl.engine.monitor.StepMonitor`; after every step it may read the statistics, save a
             checkpoint, or ask to stop.
 
@@ -118,10 +129,10 @@ def train_one_epoch(state: TrainState, loader, monitor) -> bool:
     state.objective.train()
     state.progress.start_clock()
     finished = True
-    for batch in loader:
+    for batch, second in loader:
         if state.batch >= state.steps_per_epoch:
             break
-        training_step(state, batch)
+        training_step(state, batch, second)
         state.batch += 1
         state.global_step += 1
         if not monitor.after_step(state):

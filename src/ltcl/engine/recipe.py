@@ -21,11 +21,12 @@ from ltcl.data.device_loader import DeviceEvalBatches, DeviceViewLoader, device_
 from ltcl.data.inputs import check_view_sizes
 from ltcl.data.sampling import EpochBatchSampler, SeededDataset, ShardSampler
 from ltcl.data.views import MultiViewCollate
+from ltcl.engine.batches import SECOND_SEED, TrainBatches
 from ltcl.engine.distributed import DistributedContext
 from ltcl.engine.loop import MultiViewForward
 from ltcl.engine.runtime import resolve_amp
 from ltcl.engine.state import EpochProgress, NonFiniteFlag, TrainState
-from ltcl.methods import build_objective, uses_projections
+from ltcl.methods import build_objective, second_sampler, uses_projections
 from ltcl.models import ParameterCounts, apply_finetune, build_network, input_spec
 
 
@@ -138,20 +139,32 @@ def eval_loader(cfg: Config, views: ViewsConfig, dataset, ctx: DistributedContex
     return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, sampler=shard, **loader_options(cfg, ctx.device))
 
 
-def train_loader(cfg: Config, views: ViewsConfig, data: DataBundle, ctx: DistributedContext):
-    """The batch sampler (its ``set_epoch`` picks the epoch and first batch) and the training loader."""
+def train_loader(
+    cfg: Config,
+    views: ViewsConfig,
+    data: DataBundle,
+    ctx: DistributedContext,
+    policy: str = "",
+    seed: int | None = None,
+):
+    """A batch sampler (its ``set_epoch`` picks the epoch and first batch) and its training loader.
+
+    Args:
+        policy: the sampler ("" for ``data.sampler``); seed: its seed (None for ``train.seed``).
+    """
+    seed = cfg.train.seed if seed is None else seed
     sampler = EpochBatchSampler(
         len(data.train),
         cfg.data.batch_size,
-        seed=cfg.train.seed,
+        seed=seed,
         rank=ctx.rank,
         world_size=ctx.world_size,
         labels=torch.as_tensor(data.train.targets, dtype=torch.int64),
-        policy=cfg.data.sampler,
+        policy=policy or cfg.data.sampler,
         epochs=cfg.optim.epochs,
     )
     if cfg.data.augment_on == "device":
-        return sampler, DeviceViewLoader(views, cfg.train.seed, data.train, sampler, data.view_counts, ctx.device)
+        return sampler, DeviceViewLoader(views, seed, data.train, sampler, data.view_counts, ctx.device)
     loader = DataLoader(
         SeededDataset(data.train),
         batch_sampler=sampler,
@@ -159,6 +172,16 @@ def train_loader(cfg: Config, views: ViewsConfig, data: DataBundle, ctx: Distrib
         **loader_options(cfg, ctx.device),
     )
     return sampler, loader
+
+
+def train_batches(cfg: Config, views: ViewsConfig, data: DataBundle, ctx: DistributedContext) -> TrainBatches:
+    """The run's training batches: the main stream, and the second one its method asks for (BBN)."""
+    main = train_loader(cfg, views, data, ctx)
+    policy = second_sampler(cfg)
+    if policy is None:
+        return TrainBatches(*main)
+    # Its own seed: the second stream's order and augmentations are independent of the main stream's.
+    return TrainBatches(*main, *train_loader(cfg, views, data, ctx, policy, seed=cfg.train.seed + SECOND_SEED))
 
 
 def build_train_state(

@@ -25,7 +25,7 @@ from ltcl.engine.evaluate import EvalResult, evaluate_run
 from ltcl.engine.interrupts import InterruptGuard
 from ltcl.engine.loop import train_one_epoch
 from ltcl.engine.monitor import StepMonitor, show_progress_bar
-from ltcl.engine.recipe import build_train_state, eval_loader, loader_workers, model_views, train_loader
+from ltcl.engine.recipe import build_train_state, eval_loader, loader_workers, model_views, train_batches
 from ltcl.engine.report import final_report
 from ltcl.engine.resume import ResumePlan
 from ltcl.engine.rundir import RunDir
@@ -106,7 +106,7 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None, star
             f"The data of this resume has other class counts than the checkpoint {resume.checkpoint_path} "
             "was trained on: check data.root and the split lists."
         )
-    sampler, loader = train_loader(cfg, views, data, ctx)
+    batches = train_batches(cfg, views, data, ctx)
     val_loader, test_loader = eval_loader(cfg, views, data.val, ctx), eval_loader(cfg, views, data.test, ctx)
     state, params, amp = build_train_state(cfg, data, ctx, load_weights=resume is None)
     if resume is not None:
@@ -145,14 +145,14 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None, star
             )
 
     seconds_before = state.progress.seconds  # training time of a resumed epoch spent before the interrupt
-    history, last_eval = _epochs(state, data, sampler, loader, val_loader, test_loader, checkpointer, run_dir)
+    history, last_eval = _epochs(state, data, batches, val_loader, test_loader, checkpointer, run_dir)
     timing = {"epochs_run": len(history), "train_seconds": sum(r["epoch_seconds"] for r in history) - seconds_before}
     test, val, best_epoch = final_report(state, data, run_dir, val_loader, test_loader, last_eval, timing, started)
     return TrainResult(run_dir.path, test, val, best_epoch, history)
 
 
 def _epochs(
-    state: TrainState, data: DataBundle, sampler, loader, val_loader, test_loader, checkpointer, run_dir: RunDir
+    state: TrainState, data: DataBundle, batches, val_loader, test_loader, checkpointer, run_dir: RunDir
 ) -> tuple[list[dict], tuple[str, EvalResult] | None]:
     """Trains the remaining epochs; returns their metrics rows and the last epoch's evaluation."""
     cfg, ctx = state.cfg, state.ctx
@@ -163,10 +163,10 @@ def _epochs(
         monitor = StepMonitor(state, checkpointer, guard, show_progress_bar(cfg.train.progress, ctx.is_main))
         while state.epoch < cfg.optim.epochs:
             policy = state.objective.sampler_for_epoch(state.epoch) or cfg.data.sampler
-            sampler.set_epoch(state.epoch, state.batch, policy=policy)
+            batches.set_epoch(state.epoch, state.batch, policy=policy)
             state.objective.set_epoch(state.epoch)
             monitor.start_epoch()
-            finished = train_one_epoch(state, loader, monitor)
+            finished = train_one_epoch(state, batches, monitor)
             monitor.end_epoch()
             if not finished:
                 raise monitor.interrupted()

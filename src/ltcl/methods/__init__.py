@@ -26,6 +26,7 @@ from ltcl.methods.registry import (
     method_parts,
     register_objective,
     resolve_config,
+    second_sampler,
     uses_features,
     uses_projections,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "method_parts",
     "register_objective",
     "resolve_config",
+    "second_sampler",
     "uses_features",
     "uses_projections",
 ]

@@ -45,6 +45,11 @@ class StepRecord:
         images: the view groups as the network saw them, one (V_g*B, 3, H_g, W_g) tensor per view size (methods with
             a key encoder run them through it).
         group_views: the views of each group, in the order of ``images``.
+        second: the second batch of a method with a ``second_sampler`` (a MultiViewBatch on the device, the same
+            views and size), or None.
+
+    With ``network_views`` 0 the engine runs no forward: ``logits``, ``projections`` and ``features`` are None,
+    ``labels`` is (B,) and ``num_views`` 0.
     """
 
     logits: Tensor
@@ -57,6 +62,7 @@ class StepRecord:
     features: Tensor | None = None
     images: list[Tensor] = field(default_factory=list)
     group_views: list[list[int]] = field(default_factory=list)
+    second: Any = None
 
     @cached_property
     def contrastive_rows(self) -> tuple[Tensor, Tensor]:
@@ -96,10 +102,13 @@ class LossOutput(NamedTuple):
         loss: scalar to minimise.
         parts: named, detached scalars averaged over the epoch into metrics.csv, TensorBoard and the epoch line
             (``loss_cls``, ``loss_con``, a method's own quantities); the names are the objective's ``stat_names``.
+        logits: (B, C) the predictions the train accuracy counts, when the method ran the network itself
+            (``network_views`` 0); None: the first view's ``step.logits``.
     """
 
     loss: Tensor
     parts: dict[str, Tensor]
+    logits: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,7 @@ class Objective(nn.Module):
         needs_features: the step must hand over the backbone features.
         classification_views: (contrastive terms) how many leading views the classification loss of ``CLS+CON``
             sees; None for all of them.
+        second_sampler: a second batch per step, drawn by this registered sampler, in ``step.second``.
         network_views: how many leading views the network is run on (the others are only in ``step.images``,
             so their batch statistics never mix with the trained views'); None for all of them.
 
@@ -165,8 +175,11 @@ class Objective(nn.Module):
     # A contrastive term may give the classification loss only the first k views (BCL: view 1); None: all views.
     classification_views: int | None = None
     # The network trains on the first k views only (PaCo: the query view; the others reach the method through
-    # step.images, e.g. for a key encoder); None: every view goes through the network.
+    # step.images, e.g. for a key encoder); None: every view goes through the network; 0: the method runs the
+    # network itself (it then returns the logits of its first view in LossOutput.logits, for the train accuracy).
     network_views: int | None = None
+    # A second batch per step, drawn by this sampler (BBN's reversed sampler), handed over as step.second.
+    second_sampler: ClassVar[str | None] = None
 
     def __init__(self, setup: ObjectiveSetup) -> None:
         super().__init__()

@@ -36,6 +36,10 @@ class ClassifyAndContrast(Objective):
         self.needs_features = any(p.needs_features for p in parts)  # type: ignore[misc]
         limits = [p.network_views for p in parts if p.network_views is not None]
         self.network_views = max(limits) if len(limits) == len(parts) else None
+        second = {p.second_sampler for p in parts} - {None}
+        if len(second) > 1:
+            raise ValueError(f"The parts of {self.name} ask for two second samplers: {sorted(second)}.")
+        self.second_sampler = second.pop() if second else None  # type: ignore[misc]
 
     def forward(self, step: StepRecord) -> LossOutput:
         views = self.contrastive.classification_views if self.contrastive is not None else None

@@ -16,7 +16,7 @@ from ltcl.config import Config, ConfigError, from_dict, to_dict
 from ltcl.data.samplers import SAMPLERS
 from ltcl.methods.base import ROLES, Objective, ObjectiveSetup
 from ltcl.methods.composite import ClassifyAndContrast
-from ltcl.models import backbone_family, parse_finetune
+from ltcl.models import CLASSIFIERS, backbone_family, parse_finetune
 from ltcl.plugins import load_plugins
 from ltcl.registry import Registry
 
@@ -104,6 +104,7 @@ def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
     backbone_family(cfg.model.backbone)  # an unknown backbone or fine-tuning mode fails here, before any data is read
     parse_finetune(cfg.model.finetune)
     SAMPLERS.get(cfg.data.sampler)
+    CLASSIFIERS.get(cfg.model.classifier)
     parts = method_parts(cfg.loss.objective)
     owners = section_owners()
     typed = {}
@@ -132,6 +133,12 @@ def typed_section(cfg: Config, cls: type[Objective]):
 def uses_projections(cfg: Config) -> bool:
     """Whether the objective of ``cfg`` contrasts projections (the network then needs a projection head)."""
     return any(cls.needs_projections for cls in method_parts(cfg.loss.objective))
+
+
+def second_sampler(cfg: Config) -> str | None:
+    """The sampler of the second batch the objective of ``cfg`` asks for each step (BBN), or None."""
+    asked = {cls.second_sampler for cls in method_parts(cfg.loss.objective)} - {None}
+    return asked.pop() if asked else None
 
 
 def uses_features(cfg: Config) -> bool:

@@ -4,7 +4,14 @@ combines them."""
 from ltcl.data.inputs import InputSpec
 from ltcl.models.backbones import KNOWN_BACKBONES, build_backbone, input_spec, weights_origin
 from ltcl.models.finetune import FINETUNE_MODES, FinetuneMode, ParameterCounts, apply_finetune, parse_finetune
-from ltcl.models.heads import CosineClassifier, LinearClassifier, ProjectionHead
+from ltcl.models.heads import (
+    CLASSIFIERS,
+    ClassifierKind,
+    CosineClassifier,
+    LinearClassifier,
+    ProjectionHead,
+    register_classifier,
+)
 from ltcl.models.lora import LoRADelta, add_lora
 from ltcl.models.network import LongTailNetwork, NetworkOutput, build_network
 from ltcl.models.registry import BACKBONES, BackboneRequest, BuiltBackbone, backbone_family, register_backbone
@@ -13,6 +20,9 @@ from ltcl.models.weights import load_backbone_weights
 
 __all__ = [
     "BACKBONES",
+    "CLASSIFIERS",
+    "ClassifierKind",
+    "register_classifier",
     "FINETUNE_MODES",
     "KNOWN_BACKBONES",
     "BackboneRequest",

@@ -13,7 +13,7 @@ from ltcl.config import ModelConfig
 from ltcl.config.checks import check_fields
 from ltcl.errors import UserError
 from ltcl.models.backbones import build_backbone
-from ltcl.models.heads import CosineClassifier, LinearClassifier, ProjectionHead
+from ltcl.models.heads import CLASSIFIERS, ProjectionHead
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -128,10 +128,7 @@ def build_network(
         projection = ProjectionHead(
             feature_dim, model_cfg.projection_hidden, model_cfg.projection_dim, model_cfg.projection_bn
         )
-    if model_cfg.classifier == "linear":
-        classifier: nn.Module = LinearClassifier(feature_dim, num_classes)
-    else:
-        classifier = CosineClassifier(feature_dim, num_classes, model_cfg.cosine_scale)
+    classifier = CLASSIFIERS.get(model_cfg.classifier).build(feature_dim, num_classes, model_cfg)
     if text_weights is not None:
         with torch.no_grad():
             classifier.weight.copy_(text_weights)
