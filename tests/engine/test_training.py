@@ -51,6 +51,19 @@ def final_weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["model"]
 
 
+def evaluated_again(checkpoint: Path, split: str = "test"):
+    """The checkpoint's accuracy on ``split``, computed in this process from the saved file alone (its own config,
+    weights and precision; no loader workers): what results.json must report for that model."""
+    from ltcl.engine.inference import evaluate_split, load_trained_model
+
+    return evaluate_split(load_trained_model(checkpoint, ["data.num_workers=0"], device="cpu"), split)
+
+
+def assert_reported(reported: dict, fresh) -> None:
+    """A results.json accuracy dict equals a fresh evaluation (:func:`evaluated_again`) in every group."""
+    assert reported == pytest.approx(fresh.as_dict(), rel=1e-9, abs=1e-9), (reported, fresh.as_dict())
+
+
 def test_a_run_writes_its_directory(tmp_path):
     proc = ltcl(
         "train",
