@@ -6,11 +6,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ltcl.cli import main
 from ltcl.config import ConfigError, load_config
+from ltcl.data.datasets import digits_arrays
 from ltcl.methods import method_parts, resolve_config
 from ltcl.models import apply_finetune, backbone_family, build_network
 
@@ -140,18 +142,55 @@ def test_console_script_help_guides():
     assert "--resume" in train_help and "--set" in train_help
 
 
+def ldam_counts(max_count: int, imbalance_factor: float, num_classes: int = 10) -> list[int]:
+    """LDAM-DRW's long-tailed sizes, written out here: n_i = int(n_max * (1/IF) ** (i / (C - 1)))."""
+    return [int(max_count * (1.0 / imbalance_factor) ** (i / (num_classes - 1.0))) for i in range(num_classes)]
+
+
+def group_sizes(counts: list[int], many: int = 100, few: int = 20) -> dict[str, int]:
+    """Classes per shot group: many > 100 training images, few < 20, medium in between (both ends included)."""
+    return {
+        "many": sum(n > many for n in counts),
+        "medium": sum(few <= n <= many for n in counts),
+        "few": sum(n < few for n in counts),
+    }
+
+
 def test_data_command_reports_the_cifar10_lt_if100_set(cifar10_npz, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    assert main(["data", "-c", "configs/cifar10_lt_if100_acl.yaml", "--set", f"data.root={cifar10_npz}", "--json"]) == 0
+    config = "configs/cifar10_lt_if100_acl.yaml"
+    assert main(["data", "-c", config, "--set", f"data.root={cifar10_npz}", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["num_classes"] == 10 and info["train_size"] == 12406 and info["test_size"] == 10000
-    assert info["class_counts"][0] == 5000 and info["class_counts"][-1] == 50
-    assert info["groups"] == {"many": 8, "medium": 2, "few": 0}  # 83 and 50 images are medium; no class under 20
-    assert info["contrastive_views_per_group"] == {"many": 2, "medium": 3, "few": None}
+    # Counted from the file: 10 classes of 5,000 training images, all test images kept; LDAM's sizes at IF 100
+    # (12,406 images, as its paper reports).
+    data = np.load(cifar10_npz)
+    per_class = np.bincount(data["y_train"])
+    counts = ldam_counts(int(per_class.max()), 100, len(per_class))
+    assert info["num_classes"] == len(per_class) and info["class_counts"] == counts
+    assert info["train_size"] == sum(counts) and info["test_size"] == len(data["y_test"])
+    groups = group_sizes(counts)
+    assert info["groups"] == groups
+    # The config's views per shot group (many, medium, few), none for a group without classes.
+    per_group = load_config(REPO / config).views.contrastive_views
+    expected = {g: v if groups[g] else None for g, v in zip(("many", "medium", "few"), per_group)}
+    assert info["contrastive_views_per_group"] == expected
 
 
 def test_data_command_prints_a_readable_summary(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
+    # The sizes recomputed from scikit-learn's digits: the last 50 images of each class are the test set, the rest
+    # the pool; the long-tailed quotas start from the smallest pool, and validation takes up to val_per_class of
+    # each class's unused pool images.
+    cfg = load_config(REPO / "configs" / "digits_lt.yaml").data
+    labels = digits_arrays()[1]
+    test_per_class = 50
+    pool = np.bincount(labels) - test_per_class
+    counts = ldam_counts(int(pool.min()), cfg.imbalance_factor, len(pool))
+    val = sum(min(cfg.val_per_class, int(p) - n) for p, n in zip(pool, counts))
+    groups = group_sizes(counts)
+    assert main(["data", "-c", "configs/digits_lt.yaml", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["class_counts"] == counts
     assert main(["data", "-c", "configs/digits_lt.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "train / val / test 503 / 184 / 500" in out and "many 1 / medium 7 / few 2 classes" in out
+    assert f"train / val / test {sum(counts)} / {val} / {test_per_class * len(pool)}" in out
+    assert f"many {groups['many']} / medium {groups['medium']} / few {groups['few']} classes" in out

@@ -1,14 +1,31 @@
 """ltcl analyze conflicts | tsne on real runs: files written, numbers printed, clear errors."""
 
 import csv
+import functools
 import os
 
+import numpy as np
 import pytest
 
 from ltcl.cli import main
+from ltcl.config import load_config
+from ltcl.data.datasets import digits_arrays
+from tests.analysis.conftest import DIGITS
 from tests.analysis.test_plots import assert_valid_png, copy_run
+from tests.test_configs_and_cli import ldam_counts
 
-DIGIT_COUNTS = [124, 96, 74, 57, 44, 34, 26, 20, 16, 12]  # digits_lt at imbalance 10 (configs/digits_lt.yaml)
+
+@functools.cache
+def digit_counts() -> tuple[int, ...]:
+    """digits_lt's training images per class (configs/digits_lt.yaml), recomputed from scikit-learn's digits: LDAM's
+    sizes at the config's imbalance factor from the smallest pool (each class less its last 50 images, the test)."""
+    pool = np.bincount(digits_arrays()[1]) - 50
+    return tuple(ldam_counts(int(pool.min()), load_config(DIGITS).data.imbalance_factor, len(pool)))
+
+
+def classes_line(classes) -> str:
+    """The line t-SNE prints for these classes: digit names are the digits, each with its training count."""
+    return "classes (training images): " + ", ".join(f"{c} ({digit_counts()[c]})" for c in classes)
 
 
 def group_mean_ratios(run_dir, many, few):
@@ -75,9 +92,13 @@ def test_tsne_of_many_and_few_shot_classes(tiny_run, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert_valid_png(out, min_width=500, min_height=400)
-    # digits_lt has one many-shot class (124 images) and two few-shot ones (16, 12): all taken, with notes
-    assert "only 1 many-shot class(es) exist" in printed and "only 2 few-shot class(es) exist" in printed
-    assert "classes (training images): 0 (124), 8 (16), 9 (12)" in printed
+    # Fewer than 5 classes in each group (many > 100 training images, few < 20): all of them, with notes
+    many = [c for c, n in enumerate(digit_counts()) if n > 100]
+    few = [c for c, n in enumerate(digit_counts()) if n < 20]
+    assert 0 < len(many) < 5 and 0 < len(few) < 5
+    assert f"only {len(many)} many-shot class(es) exist" in printed
+    assert f"only {len(few)} few-shot class(es) exist" in printed
+    assert classes_line(many + few) in printed
 
 
 def test_tsne_default_output_beside_the_checkpoint_and_explicit_classes(tiny_run, tmp_path, capsys):
@@ -99,8 +120,7 @@ def test_tsne_default_output_beside_the_checkpoint_and_explicit_classes(tiny_run
         )
         == 0
     )
-    counts = ", ".join(f"{c} ({DIGIT_COUNTS[c]})" for c in (1, 5, 9))
-    assert f"classes (training images): {counts}" in capsys.readouterr().out
+    assert classes_line([1, 5, 9]) in capsys.readouterr().out
     assert_valid_png(run / "tsne_test.png")
 
 
@@ -112,7 +132,7 @@ def test_tsne_works_from_any_working_directory(tiny_run, tmp_path, monkeypatch, 
     checkpoint = os.path.relpath(run / "checkpoint_last.pt", cwd)
     argv = ["analyze", "tsne", "--checkpoint", checkpoint, "--classes", "0,9", "--max-per-class", "5"]
     assert main([*argv, "--device", "cpu"]) == 0
-    assert "classes (training images): 0 (124), 9 (12)" in capsys.readouterr().out
+    assert classes_line([0, 9]) in capsys.readouterr().out
     assert_valid_png(run / "tsne_test.png")
     assert not list(cwd.iterdir())  # nothing is written to the working directory
 

@@ -21,7 +21,8 @@ from ltcl.data.augment import batch_ops as ops
 
 NEAREST, BILINEAR = InterpolationMode.NEAREST, InterpolationMode.BILINEAR
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-FILL = (125 / 255, 123 / 255, 114 / 255)  # the CIFAR mean colour as the PIL pipeline rounds it
+# AutoAugment's fill: the CIFAR mean colour rounded to the nearest pixel level (torchvision takes whole levels)
+FILL = tuple(round(255 * m) / 255 for m in NORMALIZATION["cifar"][0])
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +227,14 @@ def test_identity_parameters_leave_images_unchanged(images):
 
 # ----------------------------------------------------------------------------------------------------------
 # AutoAugment: the policy table and a whole slot of mixed ops
+
+
+def test_both_pipelines_fill_exposed_areas_with_the_rounded_mean_colour():
+    augment = batched.BatchViewAugment("cifar_autoaugment_cutout", 32, ViewsConfig())
+    assert augment.fill == pytest.approx(FILL, abs=1e-12)
+    (policy,) = [s for s in build_train_transform("cifar_autoaugment_cutout", 32, ViewsConfig()).transforms
+                 if type(s).__name__ == "AutoAugment"]  # fmt: skip
+    assert tuple(policy.fill) == tuple(round(255 * f) for f in FILL)  # torchvision's AutoAugment, in whole levels
 
 
 def test_autoaugment_tables_follow_torchvision():
@@ -454,12 +463,16 @@ def test_simclr_and_digits_parameter_statistics():
     assert params["scale"].min() >= 0.9 and params["scale"].max() <= 1.1
 
 
-def test_random_resized_crop_falls_back_to_a_centre_crop():
-    """A 4x64 image: no try fits a box with ratio <= 4/3 and scale >= 0.9, as in torchvision's fallback."""
+@pytest.mark.parametrize("height, width", [(4, 64), (64, 4)])  # too wide, too tall for ratios 3/4 .. 4/3
+def test_random_resized_crop_falls_back_to_torchvisions_centre_crop(height, width):
+    """No try fits a box of scale >= 0.9 and ratio 3/4 .. 4/3 into a 4-pixel side: every sample gets torchvision's
+    fallback, which ``RandomResizedCrop.get_params`` itself computes here (deterministic: no draw is used)."""
+    from torchvision.transforms import RandomResizedCrop
+
+    want = RandomResizedCrop.get_params(torch.zeros(3, height, width), [0.9, 1.0], [3 / 4, 4 / 3])
     draws = batched.Draws(_generator(0), 50, torch.device("cpu"), torch.float32)
-    top, left, height, width = batched.random_resized_crop_boxes(draws, 4, 64, (0.9, 1.0))
-    assert set(height.tolist()) == {4} and set(width.tolist()) == {round(4 * 4 / 3)}
-    assert set(top.tolist()) == {0} and set(left.tolist()) == {(64 - 5) // 2}
+    boxes = batched.random_resized_crop_boxes(draws, height, width, (0.9, 1.0))
+    assert [set(b.tolist()) for b in boxes] == [{v} for v in want]  # (top, left, height, width)
 
 
 # ----------------------------------------------------------------------------------------------------------

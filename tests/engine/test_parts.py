@@ -193,13 +193,39 @@ def test_loading_rejects_missing_garbage_and_foreign_files(tmp_path):
         ckpt.load_checkpoint(older)
 
 
-def test_multiview_forward_keeps_a_compiled_network_beside_the_plain_one():
+class _RecordingRun(torch.nn.Module):
+    """Stands in for the compiled network: records each call (input shape, projection flag) and runs the network."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.calls: list[tuple[tuple[int, ...], bool]] = []
+
+    def forward(self, images: torch.Tensor, with_projection: bool):
+        self.calls.append((tuple(images.shape), with_projection))
+        return self.network(images, with_projection=with_projection)
+
+
+def test_multiview_forward_runs_the_compiled_network_once_per_view_group():
     from ltcl.config import ModelConfig
     from ltcl.engine.loop import MultiViewForward
     from ltcl.models import build_network
 
-    model = build_network(ModelConfig(backbone="resnet8"), 3)
-    compiled = torch.compile(model)  # compiles lazily: constructing the wrapper must not call it
-    forward = MultiViewForward(model, compiled)
-    assert forward.run is compiled and forward.network is model
-    assert MultiViewForward(model).run is model
+    model = build_network(ModelConfig(backbone="resnet8"), 3).eval()
+    # A compiled module refuses len() and bool(): constructing the wrapper must neither call nor test it.
+    MultiViewForward(model, torch.compile(model))
+    groups = [torch.randn(4, 3, 32, 32), torch.randn(2, 3, 24, 24)]  # two view sizes: two forward passes
+    run = _RecordingRun(model)
+    forward = MultiViewForward(model, run)
+    outputs = forward(groups, True)
+    assert run.calls == [((4, 3, 32, 32), True), ((2, 3, 24, 24), True)]  # the compiled one, each group once
+    assert len(outputs) == len(groups)
+    for out, images in zip(outputs, groups):
+        want = model(images, with_projection=True)
+        assert torch.equal(out.logits, want.logits) and torch.equal(out.projections, want.projections)
+    # One set of parameters (the compiled module shares the network's): the optimizer sees no copies.
+    assert {id(p) for p in forward.parameters()} == {id(p) for p in model.parameters()}
+
+    plain = _RecordingRun(model)  # without a compiled module the network itself runs
+    assert len(MultiViewForward(plain)(groups, False)) == 2
+    assert plain.calls == [((4, 3, 32, 32), False), ((2, 3, 24, 24), False)]
