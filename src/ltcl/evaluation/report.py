@@ -1,0 +1,163 @@
+"""The report of one split, assembled from the logits of the splits it needs.
+
+Order of work, so that nothing is chosen on the evaluated split: the validation outputs are read first, when
+``--logit-adjust auto`` or ``--calibrate temperature`` asks for them, and tau (by balanced accuracy) and then the
+temperature (by NLL, on the adjusted logits) are fitted there; only then is the evaluated split read, once, and
+scored with them. Probabilities are ``softmax(adjusted logits / T)`` (T = 1 without calibration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from ltcl.data.longtail import SHOT_GROUPS, shot_groups
+from ltcl.errors import UserError
+from ltcl.evaluation.adjust import adjust_logits, choose_tau
+from ltcl.evaluation.calibration import (
+    ECE_BINS,
+    ece_from_bins,
+    fit_temperature,
+    group_calibration_errors,
+    group_masks,
+    reliability_bins,
+)
+from ltcl.evaluation.metrics import class_metrics, confusion_matrix, negative_log_likelihood, top_k_accuracy
+from ltcl.evaluation.priors import PriorShift, evaluate_priors, group_accuracy
+
+Outputs = Callable[[str], "tuple[Tensor, Tensor] | None"]  # split -> (logits, labels), None for a missing split
+
+
+@dataclass
+class EvalOptions:
+    """What the report holds beyond the plain scores.
+
+    Attributes:
+        split: the evaluated split (val or test).
+        logit_adjust: tau, ``"auto"`` (chosen on val) or None (the logits as trained).
+        calibrate: ``"temperature"`` (fitted on val) or None.
+        test_priors: shifted test priors to evaluate the split under (:mod:`.priors`).
+        many, few: the shot-group thresholds.
+        val_hint: how this run gets a validation split, for the refusal when it has none.
+    """
+
+    split: str = "test"
+    logit_adjust: float | str | None = None
+    calibrate: str | None = None
+    test_priors: Sequence[PriorShift] = field(default_factory=list)
+    many: int = 100
+    few: int = 20
+    val_hint: str = "give the run a validation split"
+
+
+def _validation(outputs: Outputs, options: EvalOptions, what: str) -> tuple[Tensor, Tensor]:
+    val = outputs("val")
+    if val is None:
+        raise UserError(f"{what} is fitted on the validation split and this run has none: {options.val_hint}.")
+    return val
+
+
+def _scores(logits: Tensor, labels: Tensor, train_counts: Sequence[int], options: EvalOptions) -> dict:
+    """Everything that depends on the probabilities: NLL, ECE overall and per shot group, the reliability bins."""
+    probabilities = logits.double().softmax(1)
+    bins = reliability_bins(probabilities, labels, ECE_BINS)
+    return {
+        "nll": negative_log_likelihood(logits, labels),
+        "ece": ece_from_bins(bins),
+        "ece_groups": group_calibration_errors(probabilities, labels, train_counts, many=options.many, few=options.few),
+        "reliability": bins,
+    }
+
+
+def build_report(
+    outputs: Outputs, train_counts: Sequence[int], class_names: Sequence[str], options: EvalOptions
+) -> dict:
+    """The report as one JSON-ready dict (``many``, ``medium``, ``few``, ``all``, ``top1``, ``top5`` in %, NLL
+    in nats, ECE in %); see docs/conventions.md, "Evaluation report".
+
+    Args:
+        outputs: the logits and labels of a split, in dataset order, all of it (:func:`.gather.predict_dataset`);
+            called for ``val`` before ``options.split`` when something is fitted, and once per split.
+    """
+    counts = list(train_counts)
+    report: dict = {"split": options.split}
+    tau, temperature, val = 0.0, 1.0, None
+    if options.logit_adjust == "auto":
+        val = _validation(outputs, options, "--logit-adjust auto")
+        choice = choose_tau(*val, counts)
+        tau = choice.tau
+        report["logit_adjust_auto"] = {
+            "tau": tau,
+            "chosen_on": "val",
+            "images": len(val[1]),
+            "criterion": "balanced accuracy (%)",
+            "grid": {f"{t:g}": s for t, s in choice.scores.items()},
+        }
+    elif options.logit_adjust is not None:
+        tau = float(options.logit_adjust)
+    if options.calibrate == "temperature":
+        val = val if val is not None else _validation(outputs, options, "--calibrate temperature")
+        val_logits = adjust_logits(val[0], counts, tau)
+        temperature = fit_temperature(val_logits, val[1])
+        calibration = {
+            "method": "temperature",
+            "temperature": temperature,
+            "fitted_on": "val",
+            "val_nll_before": negative_log_likelihood(val_logits, val[1]),
+            "val_nll_after": negative_log_likelihood(val_logits / temperature, val[1]),
+        }
+    evaluated = outputs(options.split) if options.split != "val" or val is None else val
+    if evaluated is None:
+        raise UserError(f"This run has no '{options.split}' split.")
+    logits, labels = adjust_logits(evaluated[0], counts, tau), evaluated[1].long()
+    if options.logit_adjust is not None:
+        report["logit_adjust_tau"] = tau
+
+    summary = group_accuracy(logits, labels, counts, options.many, options.few)
+    report |= {"images": len(labels), **summary, "top1": summary["all"], "top5": top_k_accuracy(logits, labels, 5)}
+    uncalibrated = _scores(logits, labels, counts, options)
+    scores = uncalibrated if temperature == 1.0 else _scores(logits / temperature, labels, counts, options)
+    report |= {k: scores[k] for k in ("nll", "ece", "ece_groups")}
+    if options.calibrate == "temperature":
+        report["calibration"] = calibration | {
+            "nll_before": uncalibrated["nll"],
+            "nll_after": scores["nll"],
+            "ece_before": uncalibrated["ece"],
+            "ece_after": scores["ece"],
+            "ece_groups_before": uncalibrated["ece_groups"],
+        }
+    report["ece_bins"] = ECE_BINS
+    report["reliability"] = scores["reliability"]
+    probabilities = (logits.double() / temperature).softmax(1)
+    report["reliability_groups"] = {
+        name: reliability_bins(probabilities[mask], labels[mask], ECE_BINS)
+        for name, mask in group_masks(labels, counts, options.many, options.few).items()
+        if mask.any()
+    }
+    report["shot_groups"] = {"many_threshold": options.many, "few_threshold": options.few}
+
+    confusion = confusion_matrix(labels, logits.argmax(1), len(counts))
+    per_class = class_metrics(confusion)
+    groups = shot_groups(counts, many=options.many, few=options.few).tolist()
+    report["per_class"] = [
+        {
+            "class": j,
+            "name": str(class_names[j]),
+            "train_images": counts[j],
+            "group": SHOT_GROUPS[groups[j]],
+            "images": per_class.support[j],
+            "predicted": per_class.predicted[j],
+            "accuracy": per_class.accuracy[j],
+            "precision": per_class.precision[j],
+            "recall": per_class.recall[j],
+        }
+        for j in range(len(counts))
+    ]
+    report["confusion"] = confusion.tolist()
+    if options.test_priors:
+        report["test_priors"] = evaluate_priors(
+            logits, labels, counts, options.test_priors, many=options.many, few=options.few
+        )
+    return report
