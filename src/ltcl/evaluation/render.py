@@ -34,16 +34,16 @@ def _summary_table(report: dict) -> list[str]:
 def _adjustment_lines(report: dict) -> list[str]:
     lines = []
     auto = report.get("logit_adjust_auto")
-    if auto:
-        grid = [float(t) for t in auto["grid"]]
-        best = auto["grid"][format(auto["tau"], "g")]
-        lines.append(
-            f"logit adjustment: tau {auto['tau']:g} chosen on val ({auto['images']:,} images; balanced accuracy "
-            f"{best:.2f}%, the best over tau {min(grid):g}..{max(grid):g}), applied as "
-            f"logits - tau * log(training prior)"
-        )
-    elif "logit_adjust_tau" in report:
-        lines.append(f"logit adjustment: logits - {report['logit_adjust_tau']:g} * log(training prior)")
+    if "logit_adjust_tau" in report:
+        line = f"logit adjustment applied: logits - {report['logit_adjust_tau']:g} * log(training prior)"
+        if auto:
+            grid = [float(t) for t in auto["grid"]]
+            best = auto["grid"][format(auto["tau"], "g")]
+            line += (
+                f", tau chosen on val ({auto['images']:,} images; balanced accuracy {best:.2f}%, the best over tau "
+                f"{min(grid):g}..{max(grid):g})"
+            )
+        lines.append(line)
     calibration = report.get("calibration")
     if calibration:
         lines.append(

@@ -55,7 +55,10 @@ class EvalOptions:
 def _validation(outputs: Outputs, options: EvalOptions, what: str) -> tuple[Tensor, Tensor]:
     val = outputs("val")
     if val is None:
-        raise UserError(f"{what} is fitted on the validation split and this run has none: {options.val_hint}.")
+        raise UserError(
+            f"{what} is fitted on the validation split, never on the test split, and this run has none: "
+            f"{options.val_hint}."
+        )
     return val
 
 
