@@ -14,6 +14,8 @@ from ltcl.evaluation.priors import (
     parse_test_prior,
     prior_corrected,
     shifted_indices,
+    sweep,
+    sweepable,
 )
 
 TRAIN = [5, 100, 20, 50, 1]  # training ranks: class 1 first, then 3, 2, 0, 4
@@ -97,3 +99,12 @@ def test_telling_the_model_the_prior_helps_on_a_forward_set():
     row = rows[0]
     assert row["prior"] == "forward50" and row["images"] == sum(int(50 * 0.02 ** (r / 4)) for r in range(5))
     assert row["told_prior"]["all"] > row["as_evaluated"]["all"]
+
+
+def test_a_sweep_leaves_out_the_ratios_a_small_split_cannot_hold_and_says_so():
+    labels = balanced_labels(per_class=20)  # R = 25 and 50 would leave a class without images
+    kept, left_out = sweepable(sweep(), labels, TRAIN)
+    assert [p.name for p in kept] == ["forward10", "forward5", "forward2", "uniform", "backward2", "backward5",
+                                      "backward10"]  # fmt: skip
+    assert left_out == ["forward50", "forward25", "backward25", "backward50"]
+    assert sweepable(sweep(), balanced_labels(per_class=50), TRAIN) == (sweep(), [])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ltcl.evaluation.figures import plot_confusion
-from ltcl.evaluation.priors import PriorShift
+from ltcl.evaluation.priors import PriorShift, sweep
 from ltcl.evaluation.render import format_report, write_report
 from ltcl.evaluation.report import EvalOptions, build_report
 
@@ -75,3 +75,11 @@ def test_the_confusion_figure_of_1000_classes_is_aggregated_by_shot_group(tmp_pa
     names = [f"class {j}" for j in range(1000)]
     path = plot_confusion(confusion, counts, names, tmp_path / "confusion.png", many=100, few=20)
     assert path.exists() and path.stat().st_size < 400_000
+
+
+def test_a_sweep_on_a_small_split_reports_what_it_can_and_names_the_rest():
+    options = EvalOptions(split="test", test_priors=sweep(), sweep=True)
+    report = build_report({"test": outputs(0)}.get, TRAIN, NAMES, options)  # 30 images a class
+    assert [row["prior"] for row in report["test_priors"]] == [p.name for p in sweep()][1:-1]
+    assert report["test_priors_left_out"] == {"priors": ["forward50", "backward50"], "smallest_class_images": 30}
+    assert "left out: forward50, backward50 (the split's smallest class has 30 images" in format_report(report)

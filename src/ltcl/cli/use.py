@@ -81,7 +81,8 @@ def register(commands) -> None:
         metavar="PRIOR",
         help="also evaluate on the split subsampled to a shifted label distribution (SADE's test-agnostic "
         "protocol), as evaluated and told the test prior: uniform, forward:R or backward:R (imbalance ratio R, "
-        "forward: the training order), or sweep (R = 50, 25, 10, 5, 2 both ways, a table and a plot)",
+        "forward: the training order), or sweep (R = 50, 25, 10, 5, 2 both ways, a table and a plot; ratios the "
+        "split is too small for are left out and named)",
     )
     p.add_argument("--out", metavar="DIR", help="where to write the report (default: eval_SPLIT_NAME/ beside it)")
     p.add_argument("--json", action="store_true", help="print the whole report as one JSON object instead of a table")

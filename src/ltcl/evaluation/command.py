@@ -75,6 +75,7 @@ def options_from_args(args, trained: TrainedModel) -> EvalOptions:
         logit_adjust=parse_logit_adjust(args.logit_adjust),
         calibrate=args.calibrate,
         test_priors=parse_test_prior(args.test_prior) if args.test_prior else [],
+        sweep=(args.test_prior or "").strip().lower() == "sweep",
         many=trained.cfg.data.many_threshold,
         few=trained.cfg.data.few_threshold,
         val_hint=validation_hint(trained),

@@ -90,6 +90,15 @@ def shifted_counts(train_counts: Sequence[int], available: Sequence[int], prior:
     return [by_rank[r] for r in rank.tolist()]
 
 
+def sweepable(priors: Sequence[PriorShift], labels, train_counts: Sequence[int]) -> tuple[list[PriorShift], list[str]]:
+    """The priors of a sweep that the split can hold, and the names of those it cannot (a ratio R above the images
+    of the split's smallest class would leave a class without images: iNaturalist's 3 test images a class hold
+    R <= 3, as SADE's forward / backward 2 and 3)."""
+    smallest = int(np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(train_counts)).min())
+    kept = [p for p in priors if p.ratio <= smallest]
+    return kept, [p.name for p in priors if p.ratio > smallest]
+
+
 def shifted_indices(labels, train_counts: Sequence[int], prior: PriorShift, seed: int = SUBSET_SEED) -> np.ndarray:
     """Positions (into ``labels``) of the images of the resampled split, class by class."""
     labels = np.asarray(labels, dtype=np.int64)

@@ -83,13 +83,19 @@ def _prior_lines(report: dict) -> list[str]:
         "| test prior | images | Many | Medium | Few | All | All, told the test prior |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for row in report["test_priors"]:
+    for row in report.get("test_priors", []):
         plain, told = row["as_evaluated"], row["told_prior"]
         lines.append(
             f"| {row['prior']} | {row['images']:,} | {format_cell(plain['many'])} | {format_cell(plain['medium'])} | "
             f"{format_cell(plain['few'])} | {format_cell(plain['all'])} | {format_cell(told['all'])} |"
         )
     lines.append("told the test prior: the logits as evaluated + log(test prior)")
+    left_out = report.get("test_priors_left_out")
+    if left_out:
+        lines.append(
+            f"left out: {', '.join(left_out['priors'])} (the split's smallest class has "
+            f"{left_out['smallest_class_images']} images, so R can be at most that)"
+        )
     return lines
 
 
@@ -103,7 +109,7 @@ def format_report(report: dict) -> str:
             f"accuracy in %"
         )
     lines += _adjustment_lines(report) + _summary_table(report) + [""] + _class_lines(report)
-    if report.get("test_priors"):
+    if report.get("test_priors") or report.get("test_priors_left_out"):
         lines += [""] + _prior_lines(report)
     if report.get("files"):
         names = ", ".join(Path(path).name for path in report["files"].values())

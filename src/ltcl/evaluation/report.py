@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from ltcl.data.longtail import SHOT_GROUPS, shot_groups
@@ -25,7 +26,7 @@ from ltcl.evaluation.calibration import (
     reliability_bins,
 )
 from ltcl.evaluation.metrics import class_metrics, confusion_matrix, negative_log_likelihood, top_k_accuracy
-from ltcl.evaluation.priors import PriorShift, evaluate_priors, group_accuracy
+from ltcl.evaluation.priors import PriorShift, evaluate_priors, group_accuracy, sweepable
 
 Outputs = Callable[[str], "tuple[Tensor, Tensor] | None"]  # split -> (logits, labels), None for a missing split
 
@@ -39,6 +40,7 @@ class EvalOptions:
         logit_adjust: tau, ``"auto"`` (chosen on val) or None (the logits as trained).
         calibrate: ``"temperature"`` (fitted on val) or None.
         test_priors: shifted test priors to evaluate the split under (:mod:`.priors`).
+        sweep: the priors are a sweep: those the split cannot hold are left out (and named), not refused.
         many, few: the shot-group thresholds.
         val_hint: how this run gets a validation split, for the refusal when it has none.
     """
@@ -47,6 +49,7 @@ class EvalOptions:
     logit_adjust: float | str | None = None
     calibrate: str | None = None
     test_priors: Sequence[PriorShift] = field(default_factory=list)
+    sweep: bool = False
     many: int = 100
     few: int = 20
     val_hint: str = "give the run a validation split"
@@ -159,8 +162,12 @@ def build_report(
         for j in range(len(counts))
     ]
     report["confusion"] = confusion.tolist()
-    if options.test_priors:
-        report["test_priors"] = evaluate_priors(
-            logits, labels, counts, options.test_priors, many=options.many, few=options.few
-        )
+    priors = list(options.test_priors)
+    if options.sweep:
+        priors, left_out = sweepable(priors, labels, counts)
+        if left_out:
+            smallest = int(torch.bincount(labels, minlength=len(counts)).min())
+            report["test_priors_left_out"] = {"priors": left_out, "smallest_class_images": smallest}
+    if priors:
+        report["test_priors"] = evaluate_priors(logits, labels, counts, priors, many=options.many, few=options.few)
     return report
