@@ -17,7 +17,7 @@ from ltcl.data.augment import build_test_transform
 from ltcl.data.datasets import VAL_PER_CLASS_DATASETS, build_split
 from ltcl.dist import barrier
 from ltcl.engine.distributed import init_distributed, shutdown
-from ltcl.engine.inference import TrainedModel, load_trained_model, split_source
+from ltcl.engine.inference import TrainedModel, evaluation_split, load_trained_model, split_source
 from ltcl.engine.recipe import loader_options, model_views
 from ltcl.errors import UserError
 from ltcl.evaluation.adjust import parse_logit_adjust
@@ -34,9 +34,10 @@ def report_dir(checkpoint: str | Path, split: str) -> Path:
 
 
 def validation_hint(trained: TrainedModel) -> str:
+    """How a run of this dataset gets a validation split, for the refusal to fit anything without one."""
     cfg = trained.cfg
-    if cfg.data.dataset in VAL_PER_CLASS_DATASETS:  # fixed when the run was trained
-        return "it was trained with data.val_per_class 0, and a validation split comes with training (N > 0)"
+    if cfg.data.dataset in VAL_PER_CLASS_DATASETS:  # drawn from the training pool: fixed when the run was trained
+        return "it was trained with data.val_per_class=0 (train with N > 0 for one)"
     return split_source(cfg, "val")
 
 
@@ -52,8 +53,6 @@ class SplitOutputs:
             trained, cfg = self.trained, self.trained.cfg
             dataset = build_split(cfg.data, split, self.transform, class_names=trained.class_names)
             if dataset is None and split == self.evaluated:
-                from ltcl.engine.inference import evaluation_split
-
                 evaluation_split(trained, split)  # raises the one-sentence error of a missing split
             self.cache[split] = None
             if dataset is not None:

@@ -19,7 +19,7 @@ from ltcl.errors import UserError
 from ltcl.evaluation.adjust import adjust_logits, choose_tau
 from ltcl.evaluation.calibration import (
     ECE_BINS,
-    ece_from_bins,
+    expected_calibration_error,
     fit_temperature,
     group_calibration_errors,
     group_masks,
@@ -65,16 +65,90 @@ def _validation(outputs: Outputs, options: EvalOptions, what: str) -> tuple[Tens
     return val
 
 
-def _scores(logits: Tensor, labels: Tensor, train_counts: Sequence[int], options: EvalOptions) -> dict:
-    """Everything that depends on the probabilities: NLL, ECE overall and per shot group, the reliability bins."""
+def _fit_on_validation(outputs: Outputs, counts: list[int], options: EvalOptions) -> tuple[float, float, dict, tuple]:
+    """tau and the temperature, each given or fitted on the validation split (read here, before any other split).
+
+    Returns:
+        (tau, temperature, the report's entries about the fit, the validation outputs or None).
+    """
+    tau, temperature, entries, val = 0.0, 1.0, {}, None
+    if options.logit_adjust == "auto":
+        val = _validation(outputs, options, "--logit-adjust auto")
+        choice = choose_tau(*val, counts)
+        tau = choice.tau
+        entries["logit_adjust_auto"] = {
+            "tau": tau,
+            "chosen_on": "val",
+            "images": len(val[1]),
+            "criterion": "balanced accuracy (%)",
+            "grid": {f"{t:g}": score for t, score in choice.scores.items()},
+        }
+    elif options.logit_adjust is not None:
+        tau = float(options.logit_adjust)
+    if options.calibrate == "temperature":
+        val = val if val is not None else _validation(outputs, options, "--calibrate temperature")
+        val_logits = adjust_logits(val[0], counts, tau)
+        temperature = fit_temperature(val_logits, val[1])
+        entries["calibration"] = {
+            "method": "temperature",
+            "temperature": temperature,
+            "fitted_on": "val",
+            "val_nll_before": negative_log_likelihood(val_logits, val[1]),
+            "val_nll_after": negative_log_likelihood(val_logits / temperature, val[1]),
+        }
+    return tau, temperature, entries, val
+
+
+def _probability_scores(logits: Tensor, labels: Tensor, counts: list[int], options: EvalOptions) -> dict:
+    """What depends on the probabilities ``softmax(logits)``: NLL, ECE overall and per shot group, and the
+    reliability bins overall and per shot group."""
     probabilities = logits.double().softmax(1)
-    bins = reliability_bins(probabilities, labels, ECE_BINS)
+    masks = group_masks(labels, counts, options.many, options.few)
     return {
         "nll": negative_log_likelihood(logits, labels),
-        "ece": ece_from_bins(bins),
-        "ece_groups": group_calibration_errors(probabilities, labels, train_counts, many=options.many, few=options.few),
-        "reliability": bins,
+        "ece": expected_calibration_error(probabilities, labels, ECE_BINS),
+        "ece_groups": group_calibration_errors(probabilities, labels, counts, many=options.many, few=options.few),
+        "reliability": reliability_bins(probabilities, labels, ECE_BINS),
+        "reliability_groups": {
+            name: reliability_bins(probabilities[mask], labels[mask], ECE_BINS)
+            for name, mask in masks.items()
+            if mask.any()
+        },
     }
+
+
+def _per_class(logits: Tensor, labels: Tensor, counts: list[int], class_names, options: EvalOptions) -> dict:
+    """The per-class rows and the confusion matrix."""
+    confusion = confusion_matrix(labels, logits.argmax(1), len(counts))
+    metrics = class_metrics(confusion)
+    groups = shot_groups(counts, many=options.many, few=options.few).tolist()
+    rows = [
+        {
+            "class": j,
+            "name": str(class_names[j]),
+            "train_images": counts[j],
+            "group": SHOT_GROUPS[groups[j]],
+            "images": metrics.support[j],
+            "predicted": metrics.predicted[j],
+            "accuracy": metrics.accuracy[j],
+            "precision": metrics.precision[j],
+            "recall": metrics.recall[j],
+        }
+        for j in range(len(counts))
+    ]
+    return {"per_class": rows, "confusion": confusion.tolist()}
+
+
+def _shifted_priors(logits: Tensor, labels: Tensor, counts: list[int], options: EvalOptions) -> dict:
+    priors, entries = list(options.test_priors), {}
+    if options.sweep:
+        priors, left_out = sweepable(priors, labels, counts)
+        if left_out:
+            smallest = int(torch.bincount(labels, minlength=len(counts)).min())
+            entries["test_priors_left_out"] = {"priors": left_out, "smallest_class_images": smallest}
+    if priors:
+        entries["test_priors"] = evaluate_priors(logits, labels, counts, priors, many=options.many, few=options.few)
+    return entries
 
 
 def build_report(
@@ -88,86 +162,30 @@ def build_report(
             called for ``val`` before ``options.split`` when something is fitted, and once per split.
     """
     counts = list(train_counts)
-    report: dict = {"split": options.split}
-    tau, temperature, val = 0.0, 1.0, None
-    if options.logit_adjust == "auto":
-        val = _validation(outputs, options, "--logit-adjust auto")
-        choice = choose_tau(*val, counts)
-        tau = choice.tau
-        report["logit_adjust_auto"] = {
-            "tau": tau,
-            "chosen_on": "val",
-            "images": len(val[1]),
-            "criterion": "balanced accuracy (%)",
-            "grid": {f"{t:g}": s for t, s in choice.scores.items()},
-        }
-    elif options.logit_adjust is not None:
-        tau = float(options.logit_adjust)
-    if options.calibrate == "temperature":
-        val = val if val is not None else _validation(outputs, options, "--calibrate temperature")
-        val_logits = adjust_logits(val[0], counts, tau)
-        temperature = fit_temperature(val_logits, val[1])
-        calibration = {
-            "method": "temperature",
-            "temperature": temperature,
-            "fitted_on": "val",
-            "val_nll_before": negative_log_likelihood(val_logits, val[1]),
-            "val_nll_after": negative_log_likelihood(val_logits / temperature, val[1]),
-        }
-    evaluated = outputs(options.split) if options.split != "val" or val is None else val
+    tau, temperature, fitted, val = _fit_on_validation(outputs, counts, options)
+    evaluated = val if options.split == "val" and val is not None else outputs(options.split)
     if evaluated is None:
         raise UserError(f"This run has no '{options.split}' split.")
     logits, labels = adjust_logits(evaluated[0], counts, tau), evaluated[1].long()
+
+    report: dict = {"split": options.split, **fitted}
     if options.logit_adjust is not None:
         report["logit_adjust_tau"] = tau
-
     summary = group_accuracy(logits, labels, counts, options.many, options.few)
     report |= {"images": len(labels), **summary, "top1": summary["all"], "top5": top_k_accuracy(logits, labels, 5)}
-    uncalibrated = _scores(logits, labels, counts, options)
-    scores = uncalibrated if temperature == 1.0 else _scores(logits / temperature, labels, counts, options)
-    report |= {k: scores[k] for k in ("nll", "ece", "ece_groups")}
-    if options.calibrate == "temperature":
-        report["calibration"] = calibration | {
-            "nll_before": uncalibrated["nll"],
+    scores = _probability_scores(logits / temperature, labels, counts, options)
+    if "calibration" in report:
+        before = _probability_scores(logits, labels, counts, options)
+        report["calibration"] |= {
+            "nll_before": before["nll"],
             "nll_after": scores["nll"],
-            "ece_before": uncalibrated["ece"],
+            "ece_before": before["ece"],
             "ece_after": scores["ece"],
-            "ece_groups_before": uncalibrated["ece_groups"],
+            "ece_groups_before": before["ece_groups"],
         }
-    report["ece_bins"] = ECE_BINS
-    report["reliability"] = scores["reliability"]
-    probabilities = (logits.double() / temperature).softmax(1)
-    report["reliability_groups"] = {
-        name: reliability_bins(probabilities[mask], labels[mask], ECE_BINS)
-        for name, mask in group_masks(labels, counts, options.many, options.few).items()
-        if mask.any()
-    }
+    report |= {key: scores[key] for key in ("nll", "ece", "ece_groups")}
+    report |= {"ece_bins": ECE_BINS, "reliability": scores["reliability"]}
+    report |= {"reliability_groups": scores["reliability_groups"]}
     report["shot_groups"] = {"many_threshold": options.many, "few_threshold": options.few}
-
-    confusion = confusion_matrix(labels, logits.argmax(1), len(counts))
-    per_class = class_metrics(confusion)
-    groups = shot_groups(counts, many=options.many, few=options.few).tolist()
-    report["per_class"] = [
-        {
-            "class": j,
-            "name": str(class_names[j]),
-            "train_images": counts[j],
-            "group": SHOT_GROUPS[groups[j]],
-            "images": per_class.support[j],
-            "predicted": per_class.predicted[j],
-            "accuracy": per_class.accuracy[j],
-            "precision": per_class.precision[j],
-            "recall": per_class.recall[j],
-        }
-        for j in range(len(counts))
-    ]
-    report["confusion"] = confusion.tolist()
-    priors = list(options.test_priors)
-    if options.sweep:
-        priors, left_out = sweepable(priors, labels, counts)
-        if left_out:
-            smallest = int(torch.bincount(labels, minlength=len(counts)).min())
-            report["test_priors_left_out"] = {"priors": left_out, "smallest_class_images": smallest}
-    if priors:
-        report["test_priors"] = evaluate_priors(logits, labels, counts, priors, many=options.many, few=options.few)
-    return report
+    report |= _per_class(logits, labels, counts, class_names, options)
+    return report | _shifted_priors(logits, labels, counts, options)
