@@ -83,3 +83,19 @@ def test_a_sweep_on_a_small_split_reports_what_it_can_and_names_the_rest():
     assert [row["prior"] for row in report["test_priors"]] == [p.name for p in sweep()][1:-1]
     assert report["test_priors_left_out"] == {"priors": ["forward50", "backward50"], "smallest_class_images": 30}
     assert "left out: forward50, backward50 (the split's smallest class has 30 images" in format_report(report)
+
+
+def test_the_test_prior_reweights_the_calibrated_probabilities():
+    from ltcl.evaluation.calibration import fit_temperature
+    from ltcl.evaluation.priors import shifted_indices
+
+    val, test = outputs(1), outputs(0)
+    val = (0.3 * val[0], val[1])  # under-confident: T < 1 sharpens, and the prior then weighs less
+    options = EvalOptions(split="test", calibrate="temperature", test_priors=[PriorShift("forward", 10)])
+    row = build_report({"val": val, "test": test}.get, TRAIN, NAMES, options)["test_priors"][0]
+    temperature = fit_temperature(*val)
+    index = torch.as_tensor(shifted_indices(test[1].numpy(), TRAIN, PriorShift("forward", 10)))
+    logits, labels = test[0][index].double(), test[1][index]
+    prior = torch.bincount(labels, minlength=4).double() / len(labels)
+    told = (logits / temperature + prior.log()).argmax(1)
+    assert temperature < 0.5 and row["told_prior"]["all"] == pytest.approx(100 * (told == labels).double().mean())

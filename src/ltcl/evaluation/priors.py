@@ -8,9 +8,10 @@ class, the whole of a balanced set. The images are chosen as SADE's ``IMBALANCEC
 seed 0, then class by class in index order a shuffle of the class's images and the first of them; on CIFAR-LT,
 whose class index is its training rank, the sets are SADE's image for image. R runs over 2, 5, 10, 25, 50.
 
-The model is told the test prior by adding ``log p_test`` to the logits it is evaluated with. Those logits are the
-ones meant for a uniform prior: a balanced loss's (Balanced Softmax, logit-adjusted loss) as trained, a
-cross-entropy model's after ``--logit-adjust`` (tau 1: ``logits - log p_train + log p_test``).
+The model is told the test prior by adding ``log p_test`` to the logits it is evaluated with (divided by the
+temperature when calibrated). Those logits are the ones meant for a uniform prior: a balanced loss's (Balanced
+Softmax, logit-adjusted loss) as trained, a cross-entropy model's after ``--logit-adjust`` (tau 1:
+``logits - log p_train + log p_test``).
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ def _prior_lines(report: dict) -> list[str]:
             f"| {row['prior']} | {row['images']:,} | {format_cell(plain['many'])} | {format_cell(plain['medium'])} | "
             f"{format_cell(plain['few'])} | {format_cell(plain['all'])} | {format_cell(told['all'])} |"
         )
-    lines.append("told the test prior: the logits as evaluated + log(test prior)")
+    scaled = " / T" if "calibration" in report else ""
+    lines.append(f"told the test prior: the logits as evaluated{scaled} + log(test prior)")
     left_out = report.get("test_priors_left_out")
     if left_out:
         lines.append(

@@ -188,4 +188,5 @@ def build_report(
     report |= {"reliability_groups": scores["reliability_groups"]}
     report["shot_groups"] = {"many_threshold": options.many, "few_threshold": options.few}
     report |= _per_class(logits, labels, counts, class_names, options)
-    return report | _shifted_priors(logits, labels, counts, options)
+    # The prior multiplies the probabilities the report stands by: those of the calibrated logits, when calibrated.
+    return report | _shifted_priors(logits / temperature, labels, counts, options)
