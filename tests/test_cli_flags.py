@@ -99,3 +99,11 @@ def test_eval_logit_adjust_subtracts_tau_times_the_log_prior(cpu_run, capsys):
 
     assert main(["eval", "--checkpoint", checkpoint, "--logit-adjust", "1000"]) == 0
     assert "logit adjustment applied: logits - 1000 * log(training prior)" in capsys.readouterr().out
+
+
+def test_eval_auto_and_temperature_refuse_a_run_without_validation_split(cpu_run, capsys):
+    checkpoint = str(cpu_run / "checkpoint_last.pt")
+    for option in (["--logit-adjust", "auto"], ["--calibrate", "temperature"]):
+        assert main(["eval", "--checkpoint", checkpoint, *option]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "validation split" in err and "never on the test" in err

@@ -68,5 +68,5 @@ def test_a_format_2_run_resumes_to_its_end_and_evaluates(tmp_path):
     assert results["best_epoch"] is None or results["best_epoch"] <= 2
     resumed = torch.load(run / "checkpoint_last.pt", weights_only=True)
     assert resumed["format"] == ckpt.FORMAT_VERSION and resumed["epoch"] == 2 and resumed["global_step"] == 4
-    proc = ltcl("eval", "--checkpoint", str(FIXTURES / "format2_bs_acl_resnet8.pt"), "--json")
+    proc = ltcl("eval", "--checkpoint", str(FIXTURES / "format2_bs_acl_resnet8.pt"), "--json", "--out", str(tmp_path))
     assert json.loads(proc.stdout)["images"] == 500

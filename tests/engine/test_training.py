@@ -190,13 +190,17 @@ def test_a_stopped_run_resumes_to_the_same_weights_and_metrics(
 
 
 def test_eval_and_predict_use_the_checkpoint(tmp_path):
-    ltcl(
+    trained = ltcl(
         "train",
         "-c",
         DIGITS,
         *sets(*TINY, "optim.epochs=1", "train.max_steps_per_epoch=2", f"train.output_dir={tmp_path}"),
     )
     checkpoint = tmp_path / "digits_lt" / "checkpoint_last.pt"
+    # The final table points to the full report (no validation split here: the last checkpoint).
+    command = f"ltcl eval --checkpoint {checkpoint} --split test"
+    assert f"per class, calibration and shifted priors: {command}" in trained.stdout
+    assert f"`{command}`" in (tmp_path / "digits_lt" / "report.md").read_text()
     results = json.loads((tmp_path / "digits_lt" / "results.json").read_text())
 
     proc = ltcl("eval", "--checkpoint", str(checkpoint), "--json")

@@ -10,21 +10,9 @@ from ltcl.cli.common import USER_MISTAKE, add_device_option, add_set_option
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ltcl.engine.evaluate import format_table
-    from ltcl.engine.inference import evaluate_split, load_trained_model
+    from ltcl.evaluation.command import run_eval
 
-    trained = load_trained_model(args.checkpoint, args.overrides, device=args.device)
-    tau = args.logit_adjust
-    result = evaluate_split(trained, args.split, logit_adjust_tau=tau or 0.0)
-    if args.json:
-        entry = {"split": args.split, "epoch": trained.epoch, "images": result.images, **result.as_dict()}
-        print(json.dumps(entry | ({} if tau is None else {"logit_adjust_tau": tau})))
-    else:
-        print(f"{args.checkpoint} (epoch {trained.epoch}), {result.images:,} {args.split} images, accuracy in %")
-        if tau is not None:
-            print(f"logit adjustment applied: logits - {tau:g} * log(training prior), before the prediction")
-        print(format_table({args.split: result}))
-    return 0
+    return run_eval(args)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -60,8 +48,12 @@ def register(commands) -> None:
     p = commands.add_parser(
         "eval",
         help="evaluate a checkpoint on the val or test split",
-        description="Evaluate a checkpoint with its own config. Only the evaluated split is "
-        "read; data that moved is found with --set data.root=... (or the split list keys).",
+        description="Evaluate a checkpoint with its own config: top-1 and top-5, Many / Medium / Few, per-class "
+        "accuracy, precision and recall, the confusion matrix, NLL and expected calibration error (15 bins, overall "
+        "and per shot group). The report is printed and written beside the checkpoint (eval_SPLIT_NAME/: "
+        "report.json, per_class.csv, confusion.csv, figures). Only the evaluated split is read, and the validation "
+        "split when something is fitted on it (never on test); data that moved is found with --set data.root=... "
+        "(or the split list keys). Under torchrun every image is scored once.",
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint_best.pt or checkpoint_last.pt")
     p.add_argument("--split", choices=["val", "test"], default="test", help="which split (default: test)")
@@ -73,12 +65,27 @@ def register(commands) -> None:
     add_device_option(p)
     p.add_argument(
         "--logit-adjust",
-        type=float,
-        metavar="TAU",
+        metavar="TAU|auto",
         help="post-hoc logit adjustment: subtract TAU * log(training prior) from the logits before the "
-        "prediction, as predict --logit-adjust (useful for CE-trained models; default: none)",
+        "prediction, as predict --logit-adjust (useful for CE-trained models); auto: the TAU of 0, 0.1, ..., 2 "
+        "with the best balanced accuracy on the validation split (default: none)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--calibrate",
+        choices=["temperature"],
+        help="temperature scaling: divide the logits by the T that minimises the NLL on the validation split; "
+        "reports ECE and NLL before and after",
+    )
+    p.add_argument(
+        "--test-prior",
+        metavar="PRIOR",
+        help="also evaluate on the split subsampled to a shifted label distribution (SADE's test-agnostic "
+        "protocol), as evaluated and told the test prior: uniform, forward:R or backward:R (imbalance ratio R, "
+        "forward: the training order), or sweep (R = 50, 25, 10, 5, 2 both ways, a table and a plot; ratios the "
+        "split is too small for are left out and named)",
+    )
+    p.add_argument("--out", metavar="DIR", help="where to write the report (default: eval_SPLIT_NAME/ beside it)")
+    p.add_argument("--json", action="store_true", help="print the whole report as one JSON object instead of a table")
     p.set_defaults(run=cmd_eval)
 
     p = commands.add_parser(

@@ -42,13 +42,16 @@ class TrainedModel:
     amp: str
 
 
-def load_trained_model(path: str | Path, overrides: Sequence[str] = (), device: str = "auto") -> TrainedModel:
+def load_trained_model(
+    path: str | Path, overrides: Sequence[str] = (), device: str = "auto", local_rank: int = 0
+) -> TrainedModel:
     """Rebuilds the network of a checkpoint (its own config) and loads its weights.
 
     Args:
         overrides: ``--set`` values; only keys that leave the model unchanged are accepted (data paths, loader
             settings, shot-group thresholds), others raise one ValueError naming them.
         device: auto | cpu | cuda.
+        local_rank: the GPU of this process under torchrun (``LOCAL_RANK``).
 
     Raises:
         BrokenModel: the weights hold NaN or inf.
@@ -58,7 +61,7 @@ def load_trained_model(path: str | Path, overrides: Sequence[str] = (), device: 
     saved = resolved_values(checkpoint["config"], with_plugins=False)
     checked_config(saved, values, EVAL_MAY_CHANGE, f"Evaluating {path} with these --set values")
     cfg = from_dict(values)
-    resolved = pick_device(device, key="--device")
+    resolved = pick_device(device, local_rank, key="--device")
     counts = list(checkpoint["class_counts"])
     model, _ = build_model(cfg, len(counts), resolved, class_names=checkpoint["class_names"], load_weights=False)
     broken = non_finite_tensors(checkpoint["model"])
@@ -88,13 +91,17 @@ def evaluation_split(trained: TrainedModel, split: str):
 def missing_split_hint(cfg: Config, split: str) -> str:
     """How this dataset gets the missing split (each dataset takes its splits from a different place)."""
     other = "test" if split == "val" else "val"
+    return f"{split_source(cfg, split)}, or use --split {other}"
+
+
+def split_source(cfg: Config, split: str) -> str:
+    """Where this dataset takes ``split`` from, as an instruction (``set data.val_list to a split list``)."""
     if cfg.data.dataset == "image_folder":
-        how = f"add a {split}/ folder of class folders under data.root"
-    elif cfg.data.dataset in ("imagenet_lt", "places_lt", "inat2018"):
-        how = f"set data.{split}_list to a split list"
-    else:  # CIFAR and the digits take validation images from the unused training images; their test set is fixed
-        how = "set data.val_per_class to N images per class"
-    return f"{how}, or use --split {other}"
+        return f"add a {split}/ folder of class folders under data.root"
+    if cfg.data.dataset in ("imagenet_lt", "places_lt", "inat2018"):
+        return f"set data.{split}_list to a split list"
+    # CIFAR and the digits take validation images from the unused training images; their test set is fixed
+    return "set data.val_per_class to N images per class"
 
 
 class _AdjustedLogits(torch.nn.Module):
@@ -111,7 +118,8 @@ class _AdjustedLogits(torch.nn.Module):
 
 
 def evaluate_split(trained: TrainedModel, split: str, logit_adjust_tau: float = 0.0) -> EvalResult:
-    """Many / Medium / Few / All of the checkpoint on its ``val`` or ``test`` split, with the training precision.
+    """Many / Medium / Few / All of the checkpoint on its ``val`` or ``test`` split, with the training precision
+    (the training's own evaluation path; ``ltcl eval``'s full report is :mod:`ltcl.evaluation`).
 
     Args:
         logit_adjust_tau: post-hoc logit adjustment, as :func:`predict_images`: the prediction is the argmax of

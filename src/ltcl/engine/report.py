@@ -96,6 +96,8 @@ def final_report(
             f"\nFinal accuracy (%), shot groups by training count: many > {cfg.data.many_threshold}, "
             f"few < {cfg.data.few_threshold}\n{format_table(rows)}"
         )
+        full_report = full_report_command(run_dir, best_epoch, "test" if test_loader is not None else "val")
+        print(f"per class, calibration and shifted priors: {full_report}")
         print(timing_line(timing))
         results = {
             "name": cfg.name,
@@ -112,8 +114,15 @@ def final_report(
             "timing": timing,
         }
         run_dir.write_results(results)
-        run_dir.write_report(report_text(cfg, data, rows, test, results["code_revision"], state.objective.describe()))
+        objective = state.objective.describe()
+        run_dir.write_report(report_text(cfg, data, rows, test, results["code_revision"], objective, full_report))
     return test, best_val, best_epoch
+
+
+def full_report_command(run_dir: RunDir, best_epoch: int | None, split: str) -> str:
+    """The command of the run's full report (``ltcl eval``), on the best-on-validation checkpoint when there is one."""
+    checkpoint = run_dir.last_checkpoint if best_epoch is None else run_dir.best_checkpoint
+    return f"ltcl eval --checkpoint {checkpoint} --split {split}"
 
 
 def timing_line(timing: dict) -> str:
@@ -125,10 +134,16 @@ def timing_line(timing: dict) -> str:
 
 
 def report_text(
-    cfg, data: DataBundle, rows: dict[str, EvalResult], test: EvalResult | None, revision: str, objective: str
+    cfg,
+    data: DataBundle,
+    rows: dict[str, EvalResult],
+    test: EvalResult | None,
+    revision: str,
+    objective: str,
+    full_report: str = "",
 ) -> str:
-    """report.md: the facts that define the run (``objective``: what the header says of it), the final table and
-    the per-class test accuracy."""
+    """report.md: the facts that define the run (``objective``: what the header says of it), the final table, the
+    command of the full report (``full_report``, :func:`full_report_command`) and the per-class test accuracy."""
     counts = data.train_counts
     lines = [
         f"# {cfg.name}",
@@ -147,6 +162,8 @@ def report_text(
         f"Shot groups by training count: many > {cfg.data.many_threshold}, medium, few < {cfg.data.few_threshold}.",
         "",
     ]
+    if full_report:
+        lines += [f"Per class, calibration and shifted priors: `{full_report}`", ""]
     if test is not None and data.num_classes <= 100:
         lines += [
             "## Per-class test accuracy",
