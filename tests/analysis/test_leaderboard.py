@@ -189,11 +189,12 @@ def test_schedules_are_separate_settings_and_pair_with_the_baseline_of_their_own
 # Run directories: distinct seeds, pairing, ECE from eval reports
 
 
-def write_run(run_dir: Path, *, seed: int, objective: str, test: dict | None, best_all=None, report=None, seconds=()):
-    """A finished run as ltcl train leaves it (config.yaml, results.json, metrics.csv with ``seconds`` per epoch),
-    and ``report`` as the report of ``ltcl eval`` on its last checkpoint (eval_test_last/report.json)."""
+def write_run(run_dir: Path, *, seed: int, objective: str, test: dict | None, best_all=None, report=None, seconds=(),
+              sections=None):  # fmt: skip
+    """A finished run as ltcl train leaves it (config.yaml with the method's ``sections``, results.json, metrics.csv
+    with ``seconds`` per epoch), and ``report`` as ltcl eval's report on its last checkpoint (eval_test_last/)."""
     cfg = Config()
-    cfg.loss.objective = objective
+    cfg.loss.objective, cfg.loss.sections = objective, sections or {}
     cfg.train.seed, cfg.train.run_name, cfg.train.output_dir = seed, run_dir.name, str(run_dir.parent)
     run_dir.mkdir(parents=True)
     save_config(cfg, run_dir / RunDir.CONFIG, extra={"seed": seed})
@@ -241,6 +242,23 @@ def test_runs_of_one_seed_count_once_and_pair_by_their_mean(tmp_path, capsys):
     status, out2, err = compare(*dirs, "--baseline", tmp_path / "bs_1", capsys=capsys)
     assert status == 0, err
     assert one_row(out2, "loss.objective=bs+acl − loss.objective=bs") == diff
+
+
+def test_labels_leave_out_the_method_sections_that_the_objective_already_tells(tmp_path, capsys):
+    acl = {"acl": {"use_centers": True, "negative_weighting": "inverse_frequency"}}
+    no_centres = {"acl": {"use_centers": False, "negative_weighting": "inverse_frequency"}}
+    dirs = [
+        write_run(tmp_path / "acl", seed=0, objective="bs+acl", test=accuracies(70.0), sections=acl),
+        write_run(tmp_path / "bs", seed=0, objective="bs", test=accuracies(69.0)),
+    ]
+    status, out, err = compare(*dirs, "--baseline", "loss.objective=bs", capsys=capsys)
+    assert status == 0, err
+    assert one_row(out, "loss.objective=bs+acl − loss.objective=bs")[4] == paired_cell([1.0])
+    centres = write_run(tmp_path / "nc", seed=0, objective="bs+acl", test=accuracies(68.0), sections=no_centres)
+    status, out, err = compare(*dirs, centres, capsys=capsys)  # the section's value tells two settings apart
+    assert status == 0, err
+    assert one_row(out, "loss.acl.use_centers=false, loss.objective=bs+acl")[4] == "68.00"
+    assert one_row(out, "loss.acl.use_centers=(unset), loss.objective=bs")[4] == "69.00"
 
 
 def test_ece_columns_come_from_the_eval_reports_and_are_n_a_without_one(tmp_path, capsys):

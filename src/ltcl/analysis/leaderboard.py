@@ -223,7 +223,7 @@ def find_setting(settings: list[Setting], name: str) -> list[Setting]:
     """
     found = [s for s in settings if name in s.names() or str(Path(name)) in s.names()]
     if not found:
-        known = ", ".join(dict.fromkeys(s.setting for s in settings))
+        known = "; ".join(dict.fromkeys(s.setting for s in settings))
         raise UserError(f"--baseline '{name}' names no setting of this comparison; the settings are: {known}.")
     return found
 

@@ -159,7 +159,8 @@ def trained_epochs(run: RunDir, configured: int) -> int:
 
 def group_runs(run_dirs: list[str | Path]) -> list[tuple[str, dict[str, str], list[Path]]]:
     """Groups runs whose configs are identical except seed, run name and output dir; labels each group by the
-    config values that differ between groups (the first run directory's name when none differ). An extended run
+    config values that differ between groups (those every group has, when they suffice to tell the groups apart;
+    the first run directory's name when none differ). An extended run
     counts with the epochs it trained (``optim.epochs`` as extended), not those its config.yaml was written with.
 
     Returns:
@@ -183,11 +184,26 @@ def group_runs(run_dirs: list[str | Path]) -> list[tuple[str, dict[str, str], li
         flats[key] = flat
     all_keys = sorted({k for f in flats.values() for k in f})
     differing = [k for k in all_keys if len({f.get(k) for f in flats.values()}) > 1]
+    differing = _telling_keys(differing, list(flats.values()))
     result = []
     for key, dirs in groups.items():
         label = ", ".join(f"{k}={flats[key].get(k, '(unset)')}" for k in differing) or dirs[0].name
         result.append((label, {k: flats[key].get(k, "") for k in differing}, dirs))
     return result
+
+
+def _telling_keys(differing: list[str], flats: list[dict[str, str]]) -> list[str]:
+    """The differing keys a label needs: those every group has, then each key that only some groups have (a method's
+    section: loss.acl.* of bs+acl against bs) only if it tells more groups apart; in sorted order."""
+
+    def distinct(keys: list[str]) -> int:
+        return len({tuple(f.get(k) for k in keys) for f in flats})
+
+    keys = [k for k in differing if all(k in f for f in flats)]
+    for key in differing:
+        if key not in keys and distinct(keys) < len(flats) and distinct([*keys, key]) > distinct(keys):
+            keys.append(key)
+    return sorted(keys)
 
 
 def run_epochs(run_dir: str | Path) -> int | None:
