@@ -339,3 +339,19 @@ def markdown_tables(text: str) -> list[str]:
             tables.append("\n".join(lines))
             lines = []
     return tables
+
+
+def test_user_mistakes_are_one_sentence(tmp_path, capsys):
+    run = write_run(tmp_path / "r", seed=0, objective="bs", test=accuracies(60.0))
+    csv_path = write_results_csv(tmp_path / "results.csv", ablation_rows({("base", 0): 60.0}))
+    broken = tmp_path / "broken.csv"
+    broken.write_text("setting,seed\nbase,0\n")
+    for argv, words in (
+        ([], "run directories"),
+        ([run, "--csv", csv_path], "not both"),
+        (["--csv", tmp_path / "none.csv"], "does not exist"),
+        (["--csv", broken], "no column epochs"),
+        ([run, "--epochs", "3"], "trained 200"),  # the default config's epochs
+    ):
+        status, out, err = compare(*argv, capsys=capsys)
+        assert status == 2 and words in err and len(err.strip().splitlines()) == 1, (argv, err)
