@@ -8,7 +8,9 @@ none for the head class) evaluated every epoch for checkpoint selection, the tes
 
 Resumable: finished runs (results.json) are skipped, a killed one continues from its checkpoint_last.pt (saved
 every ``--checkpoint-every`` steps). After each run its row goes into the results csv (one row per setting, seed
-and schedule length), which ``--table`` turns into the README's table (mean ± std over seeds).
+and schedule length, with the setting's label). ``ltcl compare --csv`` turns it into the README's table (mean ± std
+over seeds); ``--table`` prints the same table through the same code (ltcl.analysis.leaderboard) and below it the
+ablation's questions, each a paired difference with its 95% confidence interval.
 
     python benchmarks/cifar10_ablation.py --data ../shared/data/cifar10_jpeg.npz            # everything, in order
     python benchmarks/cifar10_ablation.py --only bs_acl bs_scl_aware --seeds 0 1
@@ -29,10 +31,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ltcl.analysis import leaderboard as board
+from ltcl.errors import UserError
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "cifar10_lt_if100_acl.yaml"
 CSV = REPO / "benchmarks" / "results" / "cifar10_lt_ablation.csv"
-COLUMNS = ["setting", "seed", "epochs", "many", "medium", "few", "all", "val_best_all", "revision",
+COLUMNS = ["setting", "label", "seed", "epochs", "many", "medium", "few", "all", "val_best_all", "revision",
            "seconds_per_epoch"]  # fmt: skip
 ONE_VIEW = ["views.num_views=1", "views.presets=[cifar_autoaugment_cutout]"]  # the first view: AutoAugment + Cutout
 # name -> (table label, overrides of the config); the paper's ablation first, then the rivals
@@ -161,6 +166,7 @@ SETTINGS = {
     "bf16_loader": ("BS + ACL, bf16, PIL loader", ["train.amp=bf16", "data.augment_on=loader"]),
     "bf16_device": ("BS + ACL, bf16, on-device augmentation", ["train.amp=bf16", "data.augment_on=device"]),
 }
+LABELS = {name: label for name, (label, _) in SETTINGS.items()}
 # The order runs are made in: what the issue asks first, then the second seeds and the rivals.
 PLAN = [
     ("bs_acl", 0), ("bs_scl_aware", 0), ("bs_4views", 0), ("bs_1view", 0), ("ce_1view", 0), ("bs_scl_uniform", 0),
@@ -222,6 +228,7 @@ def result_row(run: Path, setting: str, seed: int, epochs: int) -> dict:
     test, best = results["test"], results.get("test_best_val") or {}
     row = {
         "setting": setting,
+        "label": SETTINGS[setting][0],
         "seed": seed,
         "epochs": epochs,
         "revision": results["code_revision"],
@@ -246,6 +253,8 @@ def write_row(row: dict, path: Path = CSV) -> None:
     """Adds or replaces the row of (setting, seed, epochs)."""
     key = (row["setting"], str(row["seed"]), str(row["epochs"]))
     rows = [r for r in read_rows(path) if (r["setting"], r["seed"], r["epochs"]) != key] + [row]
+    for r in rows:  # rows written before the csv had labels
+        r["label"] = r.get("label") or SETTINGS.get(r["setting"], (r["setting"],))[0]
     order = {name: i for i, name in enumerate(SETTINGS)}
     rows.sort(key=lambda r: (int(r["epochs"]), order.get(r["setting"], 99), int(r["seed"])))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,46 +264,14 @@ def write_row(row: dict, path: Path = CSV) -> None:
         writer.writerows(rows)
 
 
-def table(rows: list[dict], epochs: int) -> str:
-    """Markdown: mean ± sample std over seeds (a plain value for one seed), n/a for an empty group."""
-    lines = ["| setting | seeds | Many | Medium | Few | All | All, best-on-val checkpoint | s/epoch |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    for name, (label, _) in SETTINGS.items():
-        runs = [r for r in rows if r["setting"] == name and int(r["epochs"]) == epochs]
-        if not runs:
-            continue
-        cells = [_stat([r[k] for r in runs]) for k in ("many", "medium", "few", "all", "val_best_all")]
-        seconds = statistics.median(float(r["seconds_per_epoch"]) for r in runs)
-        seeds = ", ".join(sorted(r["seed"] for r in runs))
-        lines.append(f"| {label} | {seeds} | {' | '.join(cells)} | {seconds:.0f} |")
-    return "\n".join(lines)
-
-
-def differences(rows: list[dict], epochs: int, questions=PIPELINE_DIFFERENCES) -> str:
-    """Markdown: each question's difference (label, first, second) in points, first minus second, paired by seed:
-    mean ± sample std over the seeds both settings ran; questions with no shared seed are left out."""
-    lines = ["| difference | seeds | Many | Medium | All | All, best-on-val checkpoint |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    by_key = {(r["setting"], r["seed"]): r for r in rows if int(r["epochs"]) == epochs}
-    for label, first, second in questions:
-        seeds = sorted(seed for setting, seed in by_key if setting == first and (second, seed) in by_key)
-        if not seeds:
-            continue
-        cells = []
-        for key in ("many", "medium", "all", "val_best_all"):
-            pairs = [(by_key[first, seed][key], by_key[second, seed][key]) for seed in seeds]
-            cells.append(_stat([f"{float(a) - float(b):+.2f}" for a, b in pairs if a != "" and b != ""]))
-        lines.append(f"| {label} | {', '.join(seeds)} | {' | '.join(cells)} |")
-    return "\n".join(lines)
-
-
-def _stat(values: list[str]) -> str:
-    numbers = [float(v) for v in values if v != ""]
-    if not numbers:
-        return "n/a"
-    if len(numbers) == 1:
-        return f"{numbers[0]:.2f}"
-    return f"{statistics.mean(numbers):.2f} ± {statistics.stdev(numbers):.2f}"
+def tables(path: Path, epochs: int, questions=ABLATION_DIFFERENCES) -> str:
+    """The csv's runs of ``epochs`` epochs as ``ltcl compare --csv`` prints them (mean ± sample std over seeds, in
+    the csv's order), then each question's difference (label, first, second), first minus second, paired by seed
+    with its 95% confidence interval; questions without a shared seed are left out."""
+    measurements = board.keep_epochs(board.read_results_csv(path, LABELS), epochs, str(path))
+    settings = board.build_settings(measurements)
+    diffs = board.question_differences(settings, questions)
+    return board.settings_table(settings) + "\n\n" + board.differences_table(diffs, settings)
 
 
 def main():
@@ -331,9 +308,10 @@ def main():
     args = parser.parse_args()
     csv_path = Path(args.csv)
     if args.table:
-        rows = read_rows(csv_path)
-        print(table(rows, args.epochs))
-        print("\n" + differences(rows, args.epochs, PIPELINE_DIFFERENCES if args.pipeline else ABLATION_DIFFERENCES))
+        try:
+            print(tables(csv_path, args.epochs, PIPELINE_DIFFERENCES if args.pipeline else ABLATION_DIFFERENCES))
+        except UserError as err:
+            parser.exit(2, f"error: {err}\n")
         return
     plan = PIPELINE_PLAN if args.pipeline else PLAN
     if args.only:
@@ -359,7 +337,7 @@ def main():
                 print(f"[failed] {run.name}: exit status {status}", flush=True)
                 continue
         write_row(result_row(run, setting, seed, args.epochs), csv_path)
-    print(table(read_rows(csv_path), args.epochs))
+    print(tables(csv_path, args.epochs, PIPELINE_DIFFERENCES if args.pipeline else ABLATION_DIFFERENCES))
 
 
 if __name__ == "__main__":

@@ -38,14 +38,14 @@ def test_a_run_without_a_test_split_is_a_row_of_n_a(tmp_path, capsys):
     no_test = write_run(tmp_path / "no_test", test=None)
     status, out, err = compare(no_test, capsys=capsys)
     assert status == 0, err
-    assert "| no_test | n/a | n/a | n/a | n/a | 1 |" in out
+    assert "| no_test | 0 | n/a | n/a | n/a | n/a | n/a | n/a |" in out
     assert "no test split" in out
 
     with_test = write_run(tmp_path / "with_test", seed=1, objective="bs")
     status, out, err = compare(no_test, with_test, capsys=capsys)
     assert status == 0, err
-    assert "| loss.objective=bs+acl | n/a | n/a | n/a | n/a | 1 |" in out
-    assert "| loss.objective=bs | 80.00 | 60.00 | 40.00 | 70.00 | 1 |" in out
+    assert "| loss.objective=bs+acl | 0 | n/a | n/a | n/a | n/a | n/a | n/a |" in out
+    assert "| loss.objective=bs | 1 | 80.00 | 60.00 | 40.00 | 70.00 | n/a | n/a |" in out
 
 
 def test_an_extended_run_is_grouped_by_the_epochs_it_trained(tmp_path, capsys):
@@ -54,17 +54,18 @@ def test_an_extended_run_is_grouped_by_the_epochs_it_trained(tmp_path, capsys):
     longer = write_run(tmp_path / "e20_s1", seed=1, epochs=10, extended_to=20, test={**TEST, "all": 90.0})
     status, out, err = compare(short, longer, capsys=capsys)
     assert status == 0, err
-    assert "| optim.epochs=10 | 80.00 | 60.00 | 40.00 | 70.00 | 1 |" in out
-    assert "| optim.epochs=20 | 80.00 | 60.00 | 40.00 | 90.00 | 1 |" in out
+    assert "| optim.epochs=10 | 0 | 80.00 | 60.00 | 40.00 | 70.00 | n/a | n/a |" in out
+    assert "| optim.epochs=20 | 1 | 80.00 | 60.00 | 40.00 | 90.00 | n/a | n/a |" in out
 
     native = write_run(tmp_path / "e20_s0", seed=0, epochs=20, test={**TEST, "all": 80.0})
     status, out, err = compare(native, longer, capsys=capsys)  # 20 epochs either way: one setting
     assert status == 0, err
-    assert "| e20_s0 | 80.00 ± 0.00 | 60.00 ± 0.00 | 40.00 ± 0.00 | 85.00 ± 7.07 | 2 |" in out
+    assert "| e20_s0 | 0, 1 | 80.00 ± 0.00 | 60.00 ± 0.00 | 40.00 ± 0.00 | 85.00 ± 7.07 | n/a | n/a |" in out
 
 
 def test_the_seeds_column_counts_distinct_seeds(tmp_path, capsys):
-    # Item 7b: two runs of seed 0 and one of seed 1 are two seeds, not three.
+    # Item 7b: two runs of seed 0 and one of seed 1 are two seeds, not three; seed 0's value is its runs' mean (71),
+    # so All is the mean ± std of 71 and 74 (issue 25: over distinct seeds), not of the three runs (72.00 ± 2.00).
     dirs = [
         write_run(tmp_path / "a", seed=0, test={**TEST, "all": 70.0}),
         write_run(tmp_path / "b", seed=0, test={**TEST, "all": 72.0}),
@@ -72,7 +73,7 @@ def test_the_seeds_column_counts_distinct_seeds(tmp_path, capsys):
     ]
     status, out, err = compare(*dirs, capsys=capsys)
     assert status == 0, err
-    assert "| a | 80.00 ± 0.00 | 60.00 ± 0.00 | 40.00 ± 0.00 | 72.00 ± 2.00 | 2 (3 runs) |" in out
+    assert "| a | 0, 1 (3 runs) | 80.00 ± 0.00 | 60.00 ± 0.00 | 40.00 ± 0.00 | 72.50 ± 2.12 | n/a | n/a |" in out
 
     out_md = tmp_path / "table.md"
     assert main(["compare", *map(str, dirs), "--out", str(out_md)]) == 0
@@ -88,7 +89,7 @@ def test_an_unfinished_run_among_many_is_listed_not_fatal(tmp_path, capsys):
     running = write_run(tmp_path / "s2", seed=2, finished=False)
     status, out, err = compare(*done, running, capsys=capsys)
     assert status == 0, err
-    assert "| s0 | 80.00 ± 0.00 | 60.00 ± 0.00 | 40.00 ± 0.00 | 70.50 ± 0.71 | 2 |" in out
+    assert "| s0 | 0, 1 | 80.00 ± 0.00 | 60.00 ± 0.00 | 40.00 ± 0.00 | 70.50 ± 0.71 | n/a | n/a |" in out
     assert f"unfinished (no {RunDir.RESULTS} yet, left out): {running}" in out
 
     out_md = tmp_path / "table.md"

@@ -180,7 +180,7 @@ def test_compare_groups_seeds_of_a_setting_and_labels_what_differs(sweep_dir, tm
     printed = capsys.readouterr().out
     for a in ALPHAS:
         cells = expected_cells([sweep_dir / f"alpha={a}_seed{s}" for s in (0, 1)])
-        row = f"| loss.alpha={a} | {' | '.join(cells)} | 2 |"
+        row = f"| loss.alpha={a} | 0, 1 | {' | '.join(cells)} |"  # then best-on-val All and s/epoch
         assert row in printed and row in out.read_text()
     with out.with_suffix(".csv").open(newline="") as file:
         assert [r["setting"] for r in csv.DictReader(file)] == ["loss.alpha=0.1", "loss.alpha=0.5"]
@@ -189,7 +189,7 @@ def test_compare_groups_seeds_of_a_setting_and_labels_what_differs(sweep_dir, tm
 def test_compare_falls_back_to_the_directory_name_and_names_a_missing_result(sweep_dir, tmp_path, capsys):
     one = sweep_dir / "alpha=0.1_seed0"
     assert main(["compare", str(one)]) == 0
-    assert f"| alpha=0.1_seed0 | {' | '.join(expected_cells([one]))} | 1 |" in capsys.readouterr().out
+    assert f"| alpha=0.1_seed0 | 0 | {' | '.join(expected_cells([one]))} |" in capsys.readouterr().out
 
     empty = tmp_path / "empty"  # no config.yaml: not a run (an unfinished run is listed, see test_compare_runs)
     empty.mkdir()
@@ -212,7 +212,7 @@ def test_compare_of_a_glob_skips_the_files_of_a_sweep_and_lists_an_unfinished_ru
     assert captured.err.count("skipping") == len(files) and "error" not in captured.err
     for a in ALPHAS:
         cells = expected_cells([sweep_dir / f"alpha={a}_seed{s}" for s in (0, 1)])
-        assert f"| loss.alpha={a} | {' | '.join(cells)} | 2 |" in captured.out
+        assert f"| loss.alpha={a} | 0, 1 | {' | '.join(cells)} |" in captured.out
 
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
@@ -246,5 +246,5 @@ def test_compare_computes_mean_and_sample_std_of_distinct_numbers(tmp_path, caps
     printed = capsys.readouterr().out
     acl_cells, bs_cells = expected_cells(dirs[:3]), expected_cells(dirs[3:])
     assert bs_cells[2] == "n/a" and " ± 0.00" not in " ".join(acl_cells + bs_cells)
-    assert f"| loss.objective=bs+acl | {' | '.join(acl_cells)} | 3 |" in printed
-    assert f"| loss.objective=bs | {' | '.join(bs_cells)} | 2 |" in printed
+    assert f"| loss.objective=bs+acl | 0, 1, 2 | {' | '.join(acl_cells)} | n/a | n/a |" in printed
+    assert f"| loss.objective=bs | 0, 1 | {' | '.join(bs_cells)} | n/a | n/a |" in printed

@@ -1,23 +1,26 @@
 """Tables of finished runs: Many / Medium / Few / All test accuracy as mean ± std over the seeds of each setting.
 
-``ltcl sweep`` tabulates its grid with :func:`summarize`; ``ltcl compare`` groups hand-made runs by their
-resolved configs with :func:`compare_runs`. Both print :func:`results_table` and write :func:`write_csv`.
+``ltcl sweep`` tabulates its grid with :func:`summarize` and prints :func:`results_table` (and writes
+:func:`write_csv`). ``ltcl compare`` groups hand-made runs by their resolved configs with :func:`group_runs` and
+reads each run as a measurement of ``ltcl.analysis.leaderboard`` (:func:`run_measurements`), whose statistics both
+use: mean ± sample std over distinct seeds.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from ltcl.analysis.leaderboard import Measurement
 from ltcl.config import flatten
-from ltcl.data.longtail import ACCURACY_COLUMNS
+from ltcl.data.longtail import ACCURACY_COLUMNS, SHOT_GROUPS
 from ltcl.engine.evaluate import format_cell
 from ltcl.engine.rundir import RunDir
+from ltcl.errors import UserError
 
 # What ltcl compare ignores when grouping runs into settings: the seeds of a setting and where each run lives.
 COMPARE_IGNORES = frozenset({"train.seed", "train.run_name", "train.output_dir"})
@@ -57,23 +60,21 @@ class SettingRow:
 
 
 def summarize(label: str, params: dict[str, str], run_dirs: list[Path]) -> SettingRow:
-    """Mean and sample std (n - 1) over the runs of each test accuracy (the last-epoch model's, results.json
-    ``test``); None for a group without classes. A run without a test split adds no number (``untested``).
+    """Mean and sample std (n - 1) over the distinct seeds of each test accuracy (the last-epoch model's,
+    results.json ``test``; a seed run twice counts once, with the mean of its runs); None for a group without classes.
+    A run without a test split adds no number (``untested``).
 
     Raises:
         FileNotFoundError: a run directory that does not exist or holds no results (named in the message).
     """
-    results = [RunDir(d).read_results() for d in run_dirs]
-    row = SettingRow(label, params, list(run_dirs))
-    row.untested = [Path(d) for d, r in zip(run_dirs, results) if r.get("test") is None]
-    row.seeds = sorted({_seed(d, r) for d, r in zip(run_dirs, results)}, key=str)
-    tests = [r["test"] for r in results if r.get("test") is not None]
+    from ltcl.analysis.leaderboard import build_settings
+
+    (setting,) = build_settings(run_measurements([(label, params, list(run_dirs))]))
+    row = SettingRow(label, params, list(run_dirs), seeds=setting.seeds)
+    row.untested = [Path(d) for d in setting.untested]
     for column in ACCURACY_COLUMNS:
-        values = np.array([t[column] for t in tests if t.get(column) is not None], dtype=np.float64)
-        if values.size == 0:
-            row.stats[column] = None
-        else:
-            row.stats[column] = (float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else None)
+        stat = setting.stats[column]
+        row.stats[column] = None if stat is None else (stat.mean, stat.std)
     return row
 
 
@@ -156,10 +157,14 @@ def trained_epochs(run: RunDir, configured: int) -> int:
     return int(extensions[-1]) if extensions else configured
 
 
-def compare_runs(run_dirs: list[str | Path]) -> list[SettingRow]:
+def group_runs(run_dirs: list[str | Path]) -> list[tuple[str, dict[str, str], list[Path]]]:
     """Groups runs whose configs are identical except seed, run name and output dir; labels each group by the
-    config values that differ between groups (the first run directory's name when none differ). An extended run
+    config values that differ between groups (those every group has, when they suffice to tell the groups apart;
+    the first run directory's name when none differ). An extended run
     counts with the epochs it trained (``optim.epochs`` as extended), not those its config.yaml was written with.
+
+    Returns:
+        (label, the differing values as text, run directories) per group, in order of first appearance.
 
     Raises:
         FileNotFoundError: a run directory that does not exist or holds no results.json (named in the message).
@@ -179,8 +184,125 @@ def compare_runs(run_dirs: list[str | Path]) -> list[SettingRow]:
         flats[key] = flat
     all_keys = sorted({k for f in flats.values() for k in f})
     differing = [k for k in all_keys if len({f.get(k) for f in flats.values()}) > 1]
-    rows = []
+    differing = _telling_keys(differing, list(flats.values()))
+    result = []
     for key, dirs in groups.items():
         label = ", ".join(f"{k}={flats[key].get(k, '(unset)')}" for k in differing) or dirs[0].name
-        rows.append(summarize(label, {k: flats[key].get(k, "") for k in differing}, dirs))
-    return rows
+        result.append((label, {k: flats[key].get(k, "") for k in differing}, dirs))
+    return result
+
+
+def _telling_keys(differing: list[str], flats: list[dict[str, str]]) -> list[str]:
+    """The differing keys a label needs: those every group has, then each key that only some groups have (a method's
+    section: loss.acl.* of bs+acl against bs) only if it tells more groups apart; in sorted order."""
+
+    def distinct(keys: list[str]) -> int:
+        return len({tuple(f.get(k) for k in keys) for f in flats})
+
+    keys = [k for k in differing if all(k in f for f in flats)]
+    for key in differing:
+        if key not in keys and distinct(keys) < len(flats) and distinct([*keys, key]) > distinct(keys):
+            keys.append(key)
+    return sorted(keys)
+
+
+def run_epochs(run_dir: str | Path) -> int | None:
+    """The epochs a run trained (its config's optim.epochs, as extended); None when its config has none."""
+    run = RunDir(run_dir)
+    epochs = run.read_config().get("optim", {}).get("epochs")
+    return None if epochs is None else trained_epochs(run, epochs)
+
+
+def compare_runs(run_dirs: list[str | Path]) -> list[SettingRow]:
+    """The groups of :func:`group_runs`, each summarized over its seeds."""
+    return [summarize(label, params, dirs) for label, params, dirs in group_runs(run_dirs)]
+
+
+# Where ltcl eval writes its report of a run's test split: beside checkpoint_last.pt (the model whose accuracy these
+# tables show) in eval_test_last/, or in eval_test/. Its "ece" is the expected calibration error in % (overall) and
+# "ece_groups" that of each shot group's images; with --calibrate temperature, "calibration" keeps the model's own
+# ECE as "ece_before" / "ece_groups_before".
+EVAL_REPORTS = (Path("eval_test_last") / "report.json", Path("eval_test") / "report.json")
+
+
+@dataclass
+class EvalCalibration:
+    """The ECE columns of one run's eval report: ``ece_many`` ... ``ece_all`` (None where it has none), the report
+    read (None: the run has none) and the logit adjustment τ its outputs had (0: none)."""
+
+    values: dict[str, float | None]
+    report: Path | None = None
+    logit_adjust_tau: float = 0.0
+
+
+def read_eval_ece(run_dir: str | Path) -> EvalCalibration:
+    """The model's own ECE (before any temperature scaling) overall and per shot group, from the run's eval report.
+
+    Raises:
+        UserError: the report is not a JSON object.
+    """
+    values: dict[str, float | None] = {f"ece_{g}": None for g in ACCURACY_COLUMNS}
+    path = next((Path(run_dir) / p for p in EVAL_REPORTS if (Path(run_dir) / p).is_file()), None)
+    if path is None:
+        return EvalCalibration(values)
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        report = None
+    if not isinstance(report, dict):
+        raise UserError(f"{path} is not an ltcl eval report (not a JSON object).")
+    calibration = report.get("calibration") if isinstance(report.get("calibration"), dict) else {}
+    overall = calibration.get("ece_before", report.get("ece"))
+    groups = calibration.get("ece_groups_before", report.get("ece_groups"))
+    if isinstance(overall, dict):  # {"all": ..., "many": ...} in one mapping
+        groups, overall = overall, overall.get("all", overall.get("overall"))
+    for g in SHOT_GROUPS:
+        values[f"ece_{g}"] = _float((groups or {}).get(g)) if isinstance(groups, dict) else None
+    values["ece_all"] = _float(overall)
+    return EvalCalibration(values, path, _float(report.get("logit_adjust_tau")) or 0.0)
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def run_measurements(groups: list[tuple[str, dict[str, str], list[Path]]]) -> list[Measurement]:
+    """One measurement per run directory of each group of :func:`group_runs`: its last-epoch test accuracies and
+    the best-on-val model's All (results.json), the ECE of its eval report, its trained epochs and the median
+    epoch's seconds (metrics.csv)."""
+    measurements = []
+    for label, params, dirs in groups:
+        for d in map(Path, dirs):
+            run = RunDir(d)
+            results = run.read_results()
+            test, best = results.get("test"), results.get("test_best_val") or {}
+            values = {c: (test or {}).get(c) for c in ACCURACY_COLUMNS} | {"val_best_all": best.get("all")}
+            calibration = read_eval_ece(d)
+            seconds = [float(r["epoch_seconds"]) for r in _metrics(run) if r.get("epoch_seconds")]
+            measurements.append(
+                Measurement(
+                    setting=label,
+                    label=label,
+                    seed=_seed(d, results),
+                    values=values | calibration.values,
+                    epochs=run_epochs(d),
+                    epochs_in_setting=True,
+                    seconds_per_epoch=statistics.median(seconds) if seconds else None,
+                    source=str(d),
+                    params=params,
+                    tested=test is not None,
+                    eval_report=calibration.report,
+                    logit_adjust_tau=calibration.logit_adjust_tau,
+                )
+            )
+    return measurements
+
+
+def _metrics(run: RunDir) -> list[dict[str, str]]:
+    """metrics.csv's rows; none for a run without the file or without an epoch row."""
+    if not (run / RunDir.METRICS).is_file():
+        return []
+    try:
+        return run.read_metrics()
+    except UserError:
+        return []

@@ -176,7 +176,10 @@ class TrainConfig:
     # and at the end of every epoch); a read makes the host wait for the device
     sync_every: int = field(default=50, metadata=AT_LEAST_1)
     monitor_conflicts: bool = False  # record SCL's per-class gradient-conflict ratio (Fig. 4a)
-    tensorboard: bool = True
+    # where each epoch's metrics row goes: csv (metrics.csv, always written), tensorboard, wandb (pip install
+    # 'ltcl[wandb]'; WANDB_MODE=offline logs without a network); `ltcl.engine.loggers` lists them
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
+    tensorboard: bool = True  # the older switch, kept: false takes tensorboard out of train.loggers
     progress: bool = True  # a progress bar on a terminal; one line per epoch otherwise
 
 

@@ -3,9 +3,10 @@ sees are accepted.
 
 ``ltcl train --resume CKPT`` needs no ``-c``. A ``-c`` file or ``--set`` value that differs from the checkpoint's
 config is refused in one sentence naming each key with its old and new value, except for the keys of
-``RESUME_MAY_CHANGE`` (progress display, evaluation cadence, loader workers, device, TensorBoard, and where the
-data, weights and run live, provided the class counts stay identical). Extending ``optim.epochs`` is a separate,
-explicit choice (``--extend-epochs``). Every resume appends a record to the run's ``resumes.jsonl``.
+``RESUME_MAY_CHANGE`` (progress display, evaluation cadence, loader workers, device, TensorBoard and the other
+loggers, and where the data, weights and run live, provided the class counts stay identical). Extending
+``optim.epochs`` is a separate, explicit choice (``--extend-epochs``). Every resume appends a record to the run's
+``resumes.jsonl``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ltcl.methods import resolve_config
 
 # Keys that change how a run executes or where its files are, never what it computes.
 EXECUTION_KEYS = frozenset({
-    "train.progress", "train.eval_every", "train.tensorboard", "train.device", "train.sync_every",
+    "train.progress", "train.eval_every", "train.tensorboard", "train.loggers", "train.device", "train.sync_every",
     "train.checkpoint_every_steps", "data.num_workers", "data.pin_memory", "data.persistent_workers",
     "data.prefetch_factor", "data.eval_batch_size",
 })  # fmt: skip

@@ -23,6 +23,7 @@ from ltcl.engine.console import epoch_summary, header
 from ltcl.engine.distributed import DistributedContext, init_distributed, shutdown
 from ltcl.engine.evaluate import EvalResult, evaluate_run
 from ltcl.engine.interrupts import InterruptGuard
+from ltcl.engine.loggers import LoggerContext, open_loggers
 from ltcl.engine.loop import train_one_epoch
 from ltcl.engine.monitor import StepMonitor, show_progress_bar
 from ltcl.engine.recipe import build_train_state, eval_loader, loader_workers, model_views, train_batches
@@ -33,7 +34,6 @@ from ltcl.engine.runtime import keep_freed_memory
 from ltcl.engine.schedule import learning_rate
 from ltcl.engine.startup import open_run_directory, run_directory, with_absolute_paths, with_recorded_plugins
 from ltcl.engine.state import EpochProgress, TrainState
-from ltcl.engine.tensorboard import TensorBoardLog
 from ltcl.errors import UserError
 from ltcl.methods import resolve_config
 
@@ -158,8 +158,8 @@ def _epochs(
     cfg, ctx = state.cfg, state.ctx
     history: list[dict] = []
     last_eval = None
-    board = TensorBoardLog(run_dir.path, cfg.train.tensorboard and ctx.is_main, first_epoch=state.epoch + 1)
-    with InterruptGuard() as guard:
+    loggers = open_loggers(LoggerContext(run_dir.path, cfg, first_epoch=state.epoch + 1), enabled=ctx.is_main)
+    with InterruptGuard() as guard, loggers:
         monitor = StepMonitor(state, checkpointer, guard, show_progress_bar(cfg.train.progress, ctx.is_main))
         while state.epoch < cfg.optim.epochs:
             policy = state.objective.sampler_for_epoch(state.epoch) or cfg.data.sampler
@@ -185,15 +185,13 @@ def _epochs(
                     checkpointer.save_best(state)
             checkpointer.save_last(state)
             if ctx.is_main:
-                run_dir.append_metrics(row)
-                board.log_epoch(row)
+                loggers.log_epoch(row)  # metrics.csv, TensorBoard, ... (train.loggers)
                 if conflicts is not None:
                     run_dir.append_conflicts(row["epoch"], *conflicts.tolist(), data.train_counts)
                 print(epoch_summary(row, cfg.optim.epochs, state.objective.stat_names))
             history.append(row)
             if guard.requested:  # a signal during evaluation: the epoch is saved, stop before the next one
                 raise monitor.interrupted()
-    board.close()
     return history, last_eval
 
 

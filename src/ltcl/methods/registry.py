@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from ltcl.config import Config, ConfigError, from_dict, to_dict
 from ltcl.data.samplers import SAMPLERS
+from ltcl.engine.loggers import check_logger_names
 from ltcl.methods.base import ROLES, Objective, ObjectiveSetup
 from ltcl.methods.composite import ClassifyAndContrast
 from ltcl.models import CLASSIFIERS, backbone_family, parse_finetune
@@ -105,6 +106,7 @@ def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
     parse_finetune(cfg.model.finetune)
     SAMPLERS.get(cfg.data.sampler)
     CLASSIFIERS.get(cfg.model.classifier)
+    check_logger_names(cfg.train.loggers)
     parts = method_parts(cfg.loss.objective)
     owners = section_owners()
     typed = {}
