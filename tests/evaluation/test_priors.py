@@ -2,6 +2,8 @@
 counts, forward and backward, ranked by training count; SADE's own CIFAR selection, image for image; the
 prior-corrected logits."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,23 @@ def test_prior_corrected_logits_add_the_log_test_prior():
     logits = torch.tensor([[1.0, 2.0, 3.0]])
     got = prior_corrected(logits, [10, 30, 60])
     assert torch.allclose(got, logits + torch.tensor([0.1, 0.3, 0.6]).log())
+
+
+def test_a_model_that_carries_the_training_prior_has_it_taken_out_first():
+    # A cross-entropy model's logits carry log p_train: told the test prior, they become logits - log p_train +
+    # log p_test; after --logit-adjust tau the weight of the training prior left in them is tau - 1.
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    train, test = [60, 30, 10], [10, 30, 60]
+    log_train, log_test = torch.tensor([0.6, 0.3, 0.1]).log(), torch.tensor([0.1, 0.3, 0.6]).log()
+    assert torch.allclose(prior_corrected(logits, test, train, -1.0), logits - log_train + log_test)
+    assert torch.allclose(prior_corrected(logits, test, train, 0.0), logits + log_test)
+    # the options of a run carry the method's declaration: BS is balanced, CE is not
+    from ltcl.config import load_config
+    from ltcl.methods import balanced_logits
+
+    digits = Path(__file__).resolve().parents[2] / "configs" / "digits_lt.yaml"
+    assert balanced_logits(load_config(digits, ["loss.objective=bs+acl"]))
+    assert not balanced_logits(load_config(digits, ["loss.objective=ce"]))
 
 
 def test_telling_the_model_the_prior_helps_on_a_forward_set():

@@ -25,6 +25,7 @@ from ltcl.evaluation.gather import predict_dataset
 from ltcl.evaluation.priors import parse_test_prior
 from ltcl.evaluation.render import format_report, write_report
 from ltcl.evaluation.report import EvalOptions, build_report
+from ltcl.methods import balanced_logits
 
 
 def report_dir(checkpoint: str | Path, split: str) -> Path:
@@ -78,6 +79,7 @@ def options_from_args(args, trained: TrainedModel) -> EvalOptions:
         many=trained.cfg.data.many_threshold,
         few=trained.cfg.data.few_threshold,
         val_hint=validation_hint(trained),
+        balanced_logits=balanced_logits(trained.cfg),
     )
 
 

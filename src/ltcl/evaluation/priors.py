@@ -8,10 +8,11 @@ class, the whole of a balanced set. The images are chosen as SADE's ``IMBALANCEC
 seed 0, then class by class in index order a shuffle of the class's images and the first of them; on CIFAR-LT,
 whose class index is its training rank, the sets are SADE's image for image. R runs over 2, 5, 10, 25, 50.
 
-The model is told the test prior by adding ``log p_test`` to the logits it is evaluated with (divided by the
-temperature when calibrated). Those logits are the ones meant for a uniform prior: a balanced loss's (Balanced
-Softmax, logit-adjusted loss) as trained, a cross-entropy model's after ``--logit-adjust`` (tau 1:
-``logits - log p_train + log p_test``).
+The model is told the test prior by turning the logits it is evaluated with (divided by the temperature when
+calibrated) into scores for that prior: ``logits + w * log p_train + log p_test``. A method declares whether its
+logits are meant for a uniform prior (``balanced_logits``: Balanced Softmax, logit adjustment, ...) or carry the
+training prior (cross-entropy); with ``--logit-adjust tau`` already taken off, ``w = tau`` for the first and
+``w = tau - 1`` for the second (a cross-entropy model: ``logits - log p_train + log p_test``).
 """
 
 from __future__ import annotations
@@ -107,10 +108,17 @@ def shifted_indices(labels, train_counts: Sequence[int], prior: PriorShift, seed
     return select_longtail_indices(labels, counts, seed)
 
 
-def prior_corrected(logits: Tensor, test_counts: Sequence[int]) -> Tensor:
-    """``logits + log p_test`` (a class without test images gets -inf: it is never predicted)."""
+def prior_corrected(
+    logits: Tensor, test_counts: Sequence[int], train_counts: Sequence[int] | None = None, train_weight: float = 0.0
+) -> Tensor:
+    """``logits + train_weight * log p_train + log p_test`` (a class without test images gets -inf: it is never
+    predicted); ``train_weight`` as in the module docstring (0 for balanced logits as trained)."""
     counts = torch.as_tensor(test_counts, dtype=torch.float64)
-    return (logits.double() + (counts / counts.sum()).log()).float()
+    shifted = logits.double() + (counts / counts.sum()).log()
+    if train_weight and train_counts is not None:
+        train = torch.as_tensor(list(train_counts), dtype=torch.float64)
+        shifted = shifted + train_weight * (train / train.sum()).log()
+    return shifted.float()
 
 
 def group_accuracy(logits: Tensor, labels: Tensor, train_counts: Sequence[int], many: int, few: int) -> dict:
@@ -123,17 +131,24 @@ def group_accuracy(logits: Tensor, labels: Tensor, train_counts: Sequence[int], 
 
 
 def evaluate_priors(
-    logits: Tensor, labels: Tensor, train_counts: Sequence[int], priors: Sequence[PriorShift], *, many: int, few: int
+    logits: Tensor,
+    labels: Tensor,
+    train_counts: Sequence[int],
+    priors: Sequence[PriorShift],
+    *,
+    many: int,
+    few: int,
+    train_weight: float = 0.0,
 ) -> list[dict]:
     """Per prior: its name, the images and class counts of the resampled split, and Many / Medium / Few / All of the
-    logits as evaluated and told the test prior."""
+    logits as evaluated and told the test prior (``train_weight``: see :func:`prior_corrected`)."""
     rows = []
     labels = labels.long()
     for prior in priors:
         index = torch.as_tensor(shifted_indices(labels.numpy(), train_counts, prior))
         chosen_logits, chosen_labels = logits[index], labels[index]
         counts = torch.bincount(chosen_labels, minlength=len(train_counts)).tolist()
-        told = prior_corrected(chosen_logits, counts)
+        told = prior_corrected(chosen_logits, counts, train_counts, train_weight)
         rows.append(
             {
                 "prior": prior.name,

@@ -42,6 +42,7 @@ class EvalOptions:
         test_priors: shifted test priors to evaluate the split under (:mod:`.priors`).
         sweep: the priors are a sweep: those the split cannot hold are left out (and named), not refused.
         many, few: the shot-group thresholds.
+        balanced_logits: the method's logits are meant for a uniform label prior (``Objective.balanced_logits``).
         val_hint: how this run gets a validation split, for the refusal when it has none.
     """
 
@@ -53,6 +54,7 @@ class EvalOptions:
     many: int = 100
     few: int = 20
     val_hint: str = "give the run a validation split"
+    balanced_logits: bool = True  # the method's logits are meant for a uniform prior (see .priors)
 
 
 def _validation(outputs: Outputs, options: EvalOptions, what: str) -> tuple[Tensor, Tensor]:
@@ -139,7 +141,7 @@ def _per_class(logits: Tensor, labels: Tensor, counts: list[int], class_names, o
     return {"per_class": rows, "confusion": confusion.tolist()}
 
 
-def _shifted_priors(logits: Tensor, labels: Tensor, counts: list[int], options: EvalOptions) -> dict:
+def _shifted_priors(logits: Tensor, labels: Tensor, counts: list[int], options: EvalOptions, tau: float) -> dict:
     priors, entries = list(options.test_priors), {}
     if options.sweep:
         priors, left_out = sweepable(priors, labels, counts)
@@ -147,7 +149,10 @@ def _shifted_priors(logits: Tensor, labels: Tensor, counts: list[int], options: 
             smallest = int(torch.bincount(labels, minlength=len(counts)).min())
             entries["test_priors_left_out"] = {"priors": left_out, "smallest_class_images": smallest}
     if priors:
-        entries["test_priors"] = evaluate_priors(logits, labels, counts, priors, many=options.many, few=options.few)
+        weight = tau - (0.0 if options.balanced_logits else 1.0)  # the training prior still in the logits, taken out
+        entries["test_priors"] = evaluate_priors(
+            logits, labels, counts, priors, many=options.many, few=options.few, train_weight=weight
+        )
     return entries
 
 
@@ -189,4 +194,4 @@ def build_report(
     report["shot_groups"] = {"many_threshold": options.many, "few_threshold": options.few}
     report |= _per_class(logits, labels, counts, class_names, options)
     # The prior multiplies the probabilities the report stands by: those of the calibrated logits, when calibrated.
-    return report | _shifted_priors(logits / temperature, labels, counts, options)
+    return report | _shifted_priors(logits / temperature, labels, counts, options, tau or 0.0)

@@ -22,6 +22,7 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
 from ltcl.methods.registry import (
     OBJECTIVES,
+    balanced_logits,
     build_objective,
     method_parts,
     register_objective,
@@ -33,6 +34,7 @@ from ltcl.methods.registry import (
 
 __all__ = [
     "OBJECTIVES",
+    "balanced_logits",
     "LossOutput",
     "Objective",
     "ObjectiveSetup",

@@ -14,6 +14,7 @@ class BalancedSoftmax(Objective):
     name = "bs"
     role = "classification"
     paper = "Ren et al., Balanced Meta-Softmax, NeurIPS 2020"
+    balanced_logits = True  # see docs/conventions.md, "Evaluation report"
 
     def __init__(self, setup: ObjectiveSetup) -> None:
         super().__init__(setup)

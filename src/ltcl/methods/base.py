@@ -156,6 +156,8 @@ class Objective(nn.Module):
         classification_views: (contrastive terms) how many leading views the classification loss of ``CLS+CON``
             sees; None for all of them.
         second_sampler: a second batch per step, drawn by this registered sampler, in ``step.second``.
+        balanced_logits: the evaluation logits estimate the class-conditional score (a balanced loss), so telling
+            the model a test prior adds ``log p_test`` only; otherwise ``log p_train`` is taken out first.
         network_views: how many leading views the network is run on (the others are only in ``step.images``,
             so their batch statistics never mix with the trained views'); None for all of them.
 
@@ -180,6 +182,9 @@ class Objective(nn.Module):
     network_views: int | None = None
     # A second batch per step, drawn by this sampler (BBN's reversed sampler), handed over as step.second.
     second_sampler: ClassVar[str | None] = None
+    # The evaluation logits are meant for a uniform label prior (a balanced loss: Balanced Softmax, logit
+    # adjustment); False: they carry the training prior (cross-entropy). Shifted-prior evaluation reads it.
+    balanced_logits: ClassVar[bool] = False
 
     def __init__(self, setup: ObjectiveSetup) -> None:
         super().__init__()

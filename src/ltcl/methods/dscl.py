@@ -143,6 +143,7 @@ class DecoupledSupCon(Objective):
     name = "dscl"
     role = "objective"
     paper = "Xuan and Zhang, Decoupled Contrastive Learning for Long-Tailed Recognition, AAAI 2024"
+    balanced_logits = True  # see docs/conventions.md, "Evaluation report"
     Section = DSCLSection
     needs_projections = True
     needs_features = True

@@ -84,6 +84,7 @@ class GML(Objective):
         "Suh and Seo, Long-Tailed Recognition by Mutual Information Maximization between Latent Features and "
         "Ground-Truth Labels, ICML 2023"
     )
+    balanced_logits = True  # see docs/conventions.md, "Evaluation report"
     Section = GMLSection
     needs_projections = True
 

@@ -80,6 +80,7 @@ class GPaCo(Objective):
     name = "gpaco"
     role = "objective"
     paper = "Cui et al., Generalized Parametric Contrastive Learning, TPAMI 2023"
+    balanced_logits = True  # see docs/conventions.md, "Evaluation report"
     Section = GPaCoSection
     needs_features = True
     used_views = 2  # the authors' query and key views

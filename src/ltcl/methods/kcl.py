@@ -134,6 +134,7 @@ class KCL(Objective):
     name = "kcl"
     role = "objective"
     paper = "Kang et al., Exploring Balanced Feature Spaces for Representation Learning, ICLR 2021"
+    balanced_logits = True  # see docs/conventions.md, "Evaluation report"
     Section = KCLSection
     needs_projections = True
     needs_features = True

@@ -26,6 +26,7 @@ class LogitAdjusted(Objective):
     name = "la"
     role = "classification"
     paper = "Menon et al., Long-tail learning via logit adjustment, ICLR 2021"
+    balanced_logits = True  # see docs/conventions.md, "Evaluation report"
     Section = LogitAdjustSection
 
     def __init__(self, setup: ObjectiveSetup) -> None:

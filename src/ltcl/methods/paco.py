@@ -75,6 +75,7 @@ class PaCo(Objective):
     name = "paco"
     role = "objective"
     paper = "Cui et al., Parametric Contrastive Learning, ICCV 2021"
+    balanced_logits = True  # see docs/conventions.md, "Evaluation report"
     Section = PaCoSection
     needs_projections = True
     network_views = 1  # the query encoder sees view 1 only (its BatchNorm statistics too); view 2 goes to the keys

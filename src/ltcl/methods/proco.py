@@ -67,6 +67,7 @@ class ProCo(Objective):
     name = "proco"
     role = "objective"
     paper = "Du et al., Probabilistic Contrastive Learning for Long-Tailed Visual Recognition, TPAMI 2024"
+    balanced_logits = True  # see docs/conventions.md, "Evaluation report"
     Section = ProCoSection
     needs_projections = True
 

@@ -143,6 +143,12 @@ def second_sampler(cfg: Config) -> str | None:
     return asked.pop() if asked else None
 
 
+def balanced_logits(cfg: Config) -> bool:
+    """Whether the evaluation logits of the objective of ``cfg`` are meant for a uniform label prior: those of its
+    classification part (``CLS+CON``) or of the whole objective."""
+    return method_parts(cfg.loss.objective)[0].balanced_logits
+
+
 def uses_features(cfg: Config) -> bool:
     return any(cls.needs_features for cls in method_parts(cfg.loss.objective))
 
