@@ -23,6 +23,7 @@ from ltcl.engine.trainer import train
 from ltcl.losses import ClassBalancedLoss, LADELoss, class_balanced_loss, lade_loss
 from ltcl.methods import OBJECTIVES, StepRecord, build_objective, resolve_config
 from ltcl.models import LinearClassifier
+from tests.engine.test_host_syncs import CountSyncs
 from tests.engine.test_training import DIGITS, REPO, TINY
 from tests.methods import lade_distributed
 from tests.methods.lade_distributed import PER_RANK, WORLD
@@ -241,6 +242,17 @@ def test_methods_report_their_statistics_and_describe_themselves():
     # the weights' mean on the batch is what cb_weight reports
     cb = ClassBalancedLoss(COUNTS, beta=0.9999)
     torch.testing.assert_close(cb.terms(logits, labels)[1], cb.class_weights[labels].float().mean())
+
+
+def test_the_losses_never_wait_for_the_host():
+    """No op whose result the host must read (tests/engine/test_host_syncs.py) in the forward and backward pass."""
+    labels = label_patterns()["alone_and_absent"]
+    for name in STATS:
+        objective, logits = built(name).classification, random_logits().detach().float().requires_grad_(True)
+        step = StepRecord(logits, labels, None, torch.zeros(12, dtype=torch.bool), 1, 12, nn.Identity())
+        with CountSyncs() as mode:
+            objective(step).loss.backward()
+        assert mode.calls == [], (name, mode.calls)
 
 
 def test_the_evaluation_priors_need_a_classifier_with_an_eval_bias():

@@ -56,13 +56,13 @@ def focal_terms(logits: Tensor, labels: Tensor, *, gamma: float, form: str) -> t
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         x = logits.to(compute_dtype(logits))
-        true = F.one_hot(labels, x.shape[1]).bool()
+        true = labels[:, None] == torch.arange(x.shape[1], device=x.device)  # (N, C); one_hot reads the values
         if form == "sigmoid":
             signed = torch.where(true, x, -x)  # p_t = sigmoid(signed), 1 - p_t = sigmoid(-signed)
             log_pt, log_rest = F.logsigmoid(signed), F.logsigmoid(-signed)
             modulator = torch.exp(gamma * log_rest)
             rows = -(modulator * log_pt).sum(1)
-            return rows, modulator.masked_select(true)
+            return rows, modulator.gather(1, labels[:, None]).squeeze(1)
         log_norm = torch.logsumexp(x, 1)
         log_pt = x.gather(1, labels[:, None]).squeeze(1) - log_norm
         log_rest = torch.logsumexp(x.masked_fill(true, float("-inf")), 1) - log_norm  # log sum_{j != y} p_j
