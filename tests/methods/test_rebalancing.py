@@ -102,7 +102,7 @@ def loss_and_grad(fn, logits):
 
 
 @pytest.mark.parametrize("form", ["softmax", "sigmoid"])
-@pytest.mark.parametrize(("beta", "gamma"), [(0.0, 0.0), (0.0, 1.0), (0.9999, 0.0), (0.99, 0.5), (0.9, 2.0)])
+@pytest.mark.parametrize(("beta", "gamma"), [(0.0, 1.0), (0.9999, 0.0), (0.99, 0.5), (0.9, 2.0)])
 def test_focal_and_class_balanced_follow_the_reference(form, beta, gamma):
     weights = effective_number_reference(COUNTS, beta)
     module = ClassBalancedLoss(COUNTS, beta=beta, gamma=gamma, form=form)
@@ -284,7 +284,7 @@ def test_rival_configs_parse_and_give_every_value_a_source(method):
 
 
 def digits_run(name, out, extra=()):
-    overrides = [*TINY, f"loss.objective={name}", "data.batch_size=16", "optim.epochs=2",
+    overrides = [*TINY, f"loss.objective={name}", "data.batch_size=8", "optim.epochs=2",
                  "train.max_steps_per_epoch=2", "train.deterministic=true", "train.amp=none", "train.tensorboard=false",
                  f"train.output_dir={out}", *extra]  # fmt: skip
     return load_config(DIGITS, overrides)
