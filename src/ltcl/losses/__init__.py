@@ -1,5 +1,6 @@
 """Losses for long-tailed recognition: ACL (Eq. 9), SCL (Eq. 1), Balanced Softmax, logit adjustment, and the
-paper's rivals in the same pipeline: PaCo, GPaCo, BCL, KCL, LDAM-DRW, ProCo and GML.
+paper's rivals in the same pipeline: PaCo, GPaCo, BCL, KCL, LDAM-DRW, ProCo, GML, the focal and class-balanced
+losses, and LADE.
 
 What every loss expects of its inputs:
 
@@ -21,9 +22,11 @@ from ltcl.losses import functional
 from ltcl.losses.aligned import AlignedContrastiveLoss, inverse_frequency_weights
 from ltcl.losses.balanced_softmax import BalancedSoftmaxLoss, LogitAdjustedLoss
 from ltcl.losses.bcl import BalancedContrastiveLoss, BCLPrototypeHead, balanced_contrastive_loss
+from ltcl.losses.class_balanced import ClassBalancedLoss, class_balanced_loss, focal_terms
 from ltcl.losses.gml import ClassQueue, GMLLoss
 from ltcl.losses.gpaco import GPaCoLoss, GPaCoProjectionHead, GPaCoQueue, gpaco_loss
 from ltcl.losses.kcl import KCLLoss, kcl_loss
+from ltcl.losses.lade import LADELoss, lade_loss, lade_regularizer
 from ltcl.losses.ldam import LDAMLoss, effective_number_weights, ldam_loss, ldam_margins
 from ltcl.losses.proco import ProCoLoss, bessel_log_term, bessel_ratio, proco_logits, vmf_log_normalizer
 from ltcl.losses.supcon import SupConLoss
@@ -33,12 +36,14 @@ __all__ = [
     "BCLPrototypeHead",
     "BalancedContrastiveLoss",
     "BalancedSoftmaxLoss",
+    "ClassBalancedLoss",
     "ClassQueue",
     "GMLLoss",
     "GPaCoLoss",
     "GPaCoProjectionHead",
     "GPaCoQueue",
     "KCLLoss",
+    "LADELoss",
     "LDAMLoss",
     "LogitAdjustedLoss",
     "ProCoLoss",
@@ -46,11 +51,15 @@ __all__ = [
     "balanced_contrastive_loss",
     "bessel_log_term",
     "bessel_ratio",
+    "class_balanced_loss",
     "effective_number_weights",
+    "focal_terms",
     "functional",
     "gpaco_loss",
     "inverse_frequency_weights",
     "kcl_loss",
+    "lade_loss",
+    "lade_regularizer",
     "ldam_loss",
     "ldam_margins",
     "proco_logits",

@@ -47,8 +47,12 @@ def ldam_margins(class_counts: Sequence[int] | Tensor, max_margin: float = 0.5) 
     return (quarter * (max_margin / quarter.max())).to(torch.float32)
 
 
-def effective_number_weights(class_counts: Sequence[int] | Tensor, beta: float = 0.9999) -> Tensor:
-    """(C,) float32 class weights ``(1 - beta) / (1 - beta^N_j)``, normalised to sum to C (LDAM-DRW's code).
+def effective_number_weights(
+    class_counts: Sequence[int] | Tensor, beta: float = 0.9999, *, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """(C,) class weights ``(1 - beta) / (1 - beta^N_j)``, normalised to sum to C (LDAM-DRW's code, and Cui et
+    al.'s: richardaecn/class-balanced-loss, src/cifar_main.py lines 425-430), computed in float64 and returned in
+    ``dtype`` (float32 by default).
 
     ``beta = 0`` gives all ones (LDAM-DRW's weights before the DRW epoch); as ``beta -> 1`` they approach
     inverse frequency.
@@ -60,7 +64,7 @@ def effective_number_weights(class_counts: Sequence[int] | Tensor, beta: float =
     if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and 0.0 <= beta < 1.0):
         raise ValueError(f"beta must be in [0, 1), got {beta!r}.")
     weights = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
-    return (weights / weights.sum() * counts.numel()).to(torch.float32)
+    return (weights / weights.sum() * counts.numel()).to(dtype)
 
 
 def _ldam(logits: Tensor, labels: Tensor, margins: Tensor, scale: float, class_weights: Tensor | None) -> Tensor:
