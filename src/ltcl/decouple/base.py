@@ -204,7 +204,7 @@ def linear_weights(classifier: nn.Module, method: str) -> tuple[Tensor, Tensor]:
             f"ltcl decouple --method {method} re-scales the first stage's linear classifier, and this run's is "
             f"{type(classifier).__name__} (model.classifier): use --method crt or ncm, which fit a new one."
         )
-    b = bias.detach().clone() if bias is not None else torch.zeros(weight.shape[0], device=weight.device)
+    b = bias.detach().clone() if bias is not None else torch.zeros_like(weight[:, 0])
     return weight.detach().clone(), b
 
 
@@ -212,7 +212,7 @@ def scaled_linear(weight: Tensor, bias: Tensor, scales: Tensor) -> nn.Module:
     """A ``linear`` classifier whose logits are ``scales * (W f + b)``: rows of W and b multiplied by the scales."""
     from ltcl.models import LinearClassifier
 
-    head = LinearClassifier(weight.shape[1], weight.shape[0]).to(weight.device)
+    head = LinearClassifier(weight.shape[1], weight.shape[0]).to(weight)
     with torch.no_grad():
         head.weight.copy_(scales[:, None] * weight)
         head.bias.copy_(scales * bias)

@@ -72,7 +72,7 @@ class DistributionAlignment(Refitter):
     def __init__(self, section: DisAlignSection, setup: RefitSetup) -> None:
         super().__init__(section, setup)
         weight, bias = linear_weights(setup.source_classifier, self.name)
-        self.head = DisAlignClassifier(setup.feature_dim, setup.num_classes).to(weight.device)
+        self.head = DisAlignClassifier(setup.feature_dim, setup.num_classes).to(weight)
         with torch.no_grad():
             self.head.weight.copy_(weight)
             self.head.bias.copy_(bias)

@@ -53,7 +53,7 @@ class ScaledLogits(nn.Module):
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
-        self.scales = nn.Parameter(torch.ones(weight.shape[0], device=weight.device))
+        self.scales = nn.Parameter(torch.ones_like(bias))
 
     def forward(self, features: Tensor) -> Tensor:
         return F.linear(features, self.weight, self.bias) * self.scales

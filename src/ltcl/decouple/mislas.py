@@ -68,11 +68,11 @@ class ScaledTrainableLinear(nn.Module):
 
     def __init__(self, weight: Tensor, bias: Tensor) -> None:
         super().__init__()
-        self.linear = nn.Linear(weight.shape[1], weight.shape[0]).to(weight.device)
+        self.linear = nn.Linear(weight.shape[1], weight.shape[0]).to(weight)
         with torch.no_grad():
             self.linear.weight.copy_(weight)
             self.linear.bias.copy_(bias)
-        self.scales = nn.Parameter(torch.ones(weight.shape[0], device=weight.device))
+        self.scales = nn.Parameter(torch.ones_like(bias))
 
     def forward(self, features: Tensor) -> Tensor:
         return self.scales * self.linear(features)

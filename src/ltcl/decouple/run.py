@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -398,46 +399,72 @@ def _steps_per_epoch(refitter: Refitter, context: RefitContext) -> int:
     return min(steps, cap) if cap > 0 else steps
 
 
-def _train(refitter: Refitter, context: RefitContext, writer: _Writer, stage_views) -> tuple[list[dict], dict | None]:
-    s, model, device = refitter.section, context.model, context.device
-    head = refitter.head.to(device)
-    groups = refitter.param_groups()
-    optimizer = torch.optim.SGD(
-        [{"params": params, "lr": s.lr * factor} for params, factor in groups],
+def build_optimizer(refitter: Refitter) -> torch.optim.SGD:
+    """SGD over the head's parameter groups, each at its factor of the learning rate (set per epoch)."""
+    s = refitter.section
+    return torch.optim.SGD(
+        [{"params": params, "lr": s.lr * factor} for params, factor in refitter.param_groups()],
         lr=s.lr,
         momentum=s.momentum,
         weight_decay=s.weight_decay,
     )
+
+
+def train_epoch(refitter: Refitter, optimizer: torch.optim.SGD, batches, epoch: int, backbone=None) -> list[float]:
+    """One epoch of the head: sets the epoch's learning rate (:func:`epoch_cosine`), then one SGD step per batch.
+
+    Args:
+        batches: ``(features (B, F) or None, images or None, labels (B,))`` per step, on the head's device.
+        backbone: maps images to features when a batch brings images (called without gradient).
+
+    Returns:
+        [sum of loss * B, correct predictions, images] over the epoch.
+    """
+    s = refitter.section
+    lr = epoch_cosine(s.lr, epoch, s.epochs)
+    for group, (_, factor) in zip(optimizer.param_groups, refitter.param_groups()):
+        group["lr"] = lr * factor
+    head = refitter.head
+    head.train()
+    sums = None
+    for features, images, labels in batches:
+        if features is None:
+            with torch.no_grad():
+                features = backbone(images)
+        logits = head(features)
+        loss = refitter.loss(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            b = torch.tensor(float(labels.numel()), dtype=torch.float64, device=loss.device)
+            step = torch.stack([loss.detach().double() * b, (logits.argmax(1) == labels).sum().double(), b])
+            sums = step if sums is None else sums + step  # on the device: no wait per step
+    return [0.0, 0.0, 0.0] if sums is None else sums.tolist()
+
+
+def _train(refitter: Refitter, context: RefitContext, writer: _Writer, stage_views) -> tuple[list[dict], dict | None]:
+    s, model, device = refitter.section, context.model, context.device
+    refitter.head.to(device)
+    optimizer = build_optimizer(refitter)
     steps = _steps_per_epoch(refitter, context)
     batches, how = _feature_batches(refitter, context, stage_views, steps)
     print(f"  batches {steps} per epoch of {s.batch_size} ({s.sampler} sampler); features: {how}")
+
+    def on_device(epoch: int) -> Iterator:
+        for features, images, labels in batches(epoch):
+            images = None if images is None else images.to(device, non_blocking=True)
+            yield features, images, labels.to(device, non_blocking=True)
+
     history, best, global_step = [], None, 0
     for epoch in range(s.epochs):
-        lr = epoch_cosine(s.lr, epoch, s.epochs)
-        for group, (_, factor) in zip(optimizer.param_groups, groups):
-            group["lr"] = lr * factor
         set_stage_mode(model, s.bn)
-        head.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * B, correct, images
         began = time.perf_counter()
-        for features, images, labels in batches(epoch):
-            labels = labels.to(device, non_blocking=True)
-            if features is None:
-                with torch.no_grad():
-                    features = context.backbone(images.to(device, non_blocking=True))
-            logits = head(features)
-            loss = refitter.loss(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                b = labels.numel()
-                correct = (logits.argmax(1) == labels).sum()
-                sums += torch.stack([loss.detach().double() * b, correct.double(), torch.tensor(b, device=device)])
-            global_step += 1
+        total_loss, correct, images = train_epoch(refitter, optimizer, on_device(epoch), epoch, context.backbone)
         seconds = time.perf_counter() - began
-        total_loss, correct, images = sums.tolist()
-        if not torch.isfinite(torch.tensor(total_loss)):
+        global_step += round(images) // s.batch_size
+        lr = epoch_cosine(s.lr, epoch, s.epochs)
+        if not math.isfinite(total_loss):
             raise NonFiniteLoss(
                 f"The {refitter.name} loss became NaN or inf in epoch {epoch + 1} (lr {lr:.4g}); nothing was saved "
                 "for this epoch."

@@ -60,7 +60,7 @@ class TauNormalization(Refitter):
     def classifier_for(self, tau: float) -> nn.Module:
         from ltcl.models import LinearClassifier
 
-        head = LinearClassifier(self.weight.shape[1], self.weight.shape[0]).to(self.weight.device)
+        head = LinearClassifier(self.weight.shape[1], self.weight.shape[0]).to(self.weight)
         with torch.no_grad():
             head.weight.copy_(tau_normalized(self.weight, tau))
             head.bias.copy_(self.bias if self.section.bias == "keep" else torch.zeros_like(self.bias))
