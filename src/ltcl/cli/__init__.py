@@ -1,4 +1,4 @@
-"""The ``ltcl`` command line: train, eval, predict, data, methods, analyze, sweep, compare.
+"""The ``ltcl`` command line: train, eval, predict, data, methods, analyze, sweep, compare, decouple.
 
 Each command lives in its own module and registers its parser here; :mod:`.common` turns failures into one
 sentence and an exit status.

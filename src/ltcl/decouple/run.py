@@ -203,8 +203,27 @@ def plan(
         "; the method's own values are set with --set decouple.<key>=value",
     )
     cfg = from_dict(values)
+    if cls.needs_linear_source and cfg.model.classifier != "linear":
+        raise UserError(
+            f"ltcl decouple --method {method} re-scales the first stage's linear classifier, and this run's is "
+            f"{cfg.model.classifier} (model.classifier): use --method crt or ncm, which fit a new one."
+        )
     section, note = cls.resolve_section(cfg, section_overrides)
     return source, cls, cfg, section, note
+
+
+def run_directory(
+    checkpoint: Path, method: str, cfg: Config, overrides: Sequence[str], out: str | Path | None
+) -> RunDir:
+    """``out``; else ``<run>_<method>`` beside the source run, or where ``--set train.output_dir`` and
+    ``train.run_name`` put it."""
+    if out:
+        return RunDir(Path(out).resolve())
+    default = default_run_dir(checkpoint, method)
+    keys = {text.partition("=")[0].strip() for text in overrides}
+    parent = Path(cfg.train.output_dir).resolve() if "train.output_dir" in keys else default.parent
+    name = cfg.train.run_name if "train.run_name" in keys and cfg.train.run_name else default.name
+    return RunDir(parent / name)
 
 
 def decouple(
@@ -217,7 +236,7 @@ def decouple(
         raise UserError("ltcl decouple runs in one process: start it without torchrun.")
     path = Path(checkpoint).resolve()
     source, cls, cfg, section, note = plan(path, method, overrides)
-    run_dir = RunDir(Path(out).resolve() if out else default_run_dir(path, method))
+    run_dir = run_directory(path, method, cfg, overrides, out)
     if run_dir.path == path.parent:
         raise UserError(f"--out {run_dir} is the source run's own directory; give another one.")
     if run_dir.is_finished():
