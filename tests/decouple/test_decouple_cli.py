@@ -143,7 +143,7 @@ def test_refusals_are_one_sentence(source, refits, tmp_path, capsys):
     assert main([*base, "--method", "tau_norm", *sets("data.val_per_class=0")]) == 2
     assert "decouple.tau=T" in capsys.readouterr().err
     again = ["decouple", "--checkpoint", str(source), "--method", "ncm", "--out", str(refits["ncm"])]
-    assert main(again) == 2 and "finished re-fit" in capsys.readouterr().err
+    assert main(again) == 2 and "holds a finished run" in capsys.readouterr().err
     # ltcl train cannot continue a re-fit: its checkpoint is a finished run
     assert main(["train", "--resume", str(refits["lws"] / "checkpoint_last.pt")]) == 0
     assert "Nothing to do" in capsys.readouterr().out

@@ -86,7 +86,8 @@ class DistributionAlignment(Refitter):
     def _record_confidence(self, module: nn.Module, inputs, output: Tensor) -> None:
         if module.training:
             sigma = torch.sigmoid(output.detach()).double()
-            self._confidence += torch.stack([sigma.sum(), torch.tensor(float(sigma.numel()), device=sigma.device)])
+            count = torch.tensor(float(sigma.numel()), dtype=torch.float64, device=sigma.device)
+            self._confidence += torch.stack([sigma.sum(), count])
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return self.criterion(logits, labels)

@@ -240,7 +240,7 @@ def decouple(
     if run_dir.path == path.parent:
         raise UserError(f"--out {run_dir} is the source run's own directory; give another one.")
     if run_dir.is_finished():
-        raise UserError(f"{run_dir} holds a finished re-fit ({RunDir.RESULTS}); remove it or give another --out.")
+        raise UserError(f"{run_dir} holds a finished run ({RunDir.RESULTS}); remove it or give another --out.")
     cleared = _clear(run_dir)
 
     seed_everything(cfg.train.seed, cfg.train.deterministic)
