@@ -1,4 +1,4 @@
-"""The ``ltcl`` command line: train, eval, predict, data, methods, analyze, sweep, compare.
+"""The ``ltcl`` command line: train, eval, predict, data, methods, analyze, sweep, compare, decouple.
 
 Each command lives in its own module and registers its parser here; :mod:`.common` turns failures into one
 sentence and an exit status.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ltcl import __version__
-from ltcl.cli import analyses, data, methods, train, use
+from ltcl.cli import analyses, data, decouple, methods, train, use
 from ltcl.cli.common import run_command
 
 EPILOG = """examples:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ltcl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train, use, data, methods, analyses):
+    for module in (train, use, data, methods, analyses, decouple):
         module.register(commands)
     return parser
 

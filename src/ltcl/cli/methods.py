@@ -10,6 +10,7 @@ import json
 def registered(plugins: list[str]) -> dict[str, list[dict]]:
     """What the registries hold (built-in and from ``plugins``), as plain data."""
     from ltcl.data.samplers import SAMPLERS
+    from ltcl.decouple import REFITTERS
     from ltcl.methods import OBJECTIVES
     from ltcl.models import BACKBONES, FINETUNE_MODES
     from ltcl.plugins import load_plugins
@@ -38,7 +39,16 @@ def registered(plugins: list[str]) -> dict[str, list[dict]]:
         {"name": name + (f":{m.argument.split()[-1]}" if m.argument else ""), "paper": m.paper}
         for name, m in FINETUNE_MODES.items()
     ]
-    return {"methods": methods, "backbones": backbones, "finetune": modes, "samplers": samplers}
+    refitters = [
+        {
+            "name": name,
+            "paper": cls.paper,
+            "classifier": cls.classifier,
+            "defaults": {f.name: _default(f) for f in dataclasses.fields(cls.Section)},
+        }
+        for name, cls in REFITTERS.items()
+    ]
+    return {"methods": methods, "backbones": backbones, "finetune": modes, "samplers": samplers, "refitters": refitters}
 
 
 def _default(f: dataclasses.Field):
@@ -63,6 +73,10 @@ def format_registered(info: dict[str, list[dict]]) -> str:
     lines.append("fine-tuning modes (model.finetune):")
     for m in info["finetune"]:
         lines.append(f"  {m['name']}: {m['paper']}")
+    lines.append("two-stage re-fitters (ltcl decouple --method NAME; their values: --set decouple.<key>=value):")
+    for r in info["refitters"]:
+        values = ", ".join(f"{k}={v}" for k, v in r["defaults"].items())
+        lines.append(f"  {r['name']}: {r['paper']}; result: model.classifier {r['classifier']}\n    decouple: {values}")
     return "\n".join(lines)
 
 
@@ -75,7 +89,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def register(commands) -> None:
     p = commands.add_parser(
         "methods",
-        help="list the registered methods, backbone families and fine-tuning modes",
+        help="list the registered methods, backbone families, fine-tuning modes, samplers and re-fitters",
         description="List every registered training method (loss.objective) with its role, paper and config "
         "section, the backbone families (model.backbone) and the fine-tuning modes (model.finetune). "
         "--plugin adds the methods of your own files.",

@@ -14,6 +14,7 @@ from ltcl.models.heads import (
 )
 from ltcl.models.lora import LoRADelta, add_lora
 from ltcl.models.network import LongTailNetwork, NetworkOutput, build_network
+from ltcl.models.refit_heads import DisAlignClassifier, NearestClassMeanClassifier
 from ltcl.models.registry import BACKBONES, BackboneRequest, BuiltBackbone, backbone_family, register_backbone
 from ltcl.models.resnet_cifar import CifarResNet, resnet8, resnet20, resnet32, resnet44, resnet56
 from ltcl.models.weights import load_backbone_weights
@@ -29,11 +30,13 @@ __all__ = [
     "BuiltBackbone",
     "CifarResNet",
     "CosineClassifier",
+    "DisAlignClassifier",
     "FinetuneMode",
     "InputSpec",
     "LinearClassifier",
     "LoRADelta",
     "LongTailNetwork",
+    "NearestClassMeanClassifier",
     "NetworkOutput",
     "ParameterCounts",
     "ProjectionHead",
