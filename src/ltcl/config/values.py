@@ -196,6 +196,11 @@ def migrate_renamed_keys(values: dict[str, Any]) -> dict[str, Any]:
             _, method, name = new.split(".")
             values[section].setdefault(method, {})[name] = values[section].pop(key)
     objective = str(values.get("loss", {}).get("objective", ""))
+    if objective == "gpaco":
+        raise ConfigError(
+            "it was trained with the GPaCo of ltcl 0.1 (no memory queue, the network's own projection head), which "
+            "this version replaced by the authors' GPaCo: use ltcl 0.1.0 for it."
+        )
     if objective.endswith("+bcl"):  # before loss.bcl.views, BCL classified and contrasted every view
         values["loss"].setdefault("bcl", {}).setdefault("views", "all")
     return values

@@ -137,12 +137,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{', '.join(map(str, READABLE_FORMATS))} (it was written by another version of ltcl)."
         )
     if contents["format"] == 2:
-        if contents["config"].get("loss", {}).get("objective") == "gpaco":
-            raise UserError(
-                f"Checkpoint {path} was trained with the GPaCo of ltcl 0.1 (no memory queue, the network's own "
-                "projection head), which this version replaced by the authors' GPaCo: use ltcl 0.1.0 for it."
-            )
-        contents["config"] = migrate_renamed_keys(contents["config"])
+        try:
+            contents["config"] = migrate_renamed_keys(contents["config"])
+        except UserError as err:
+            raise UserError(f"Checkpoint {path}: {err}") from None
     return contents
 
 

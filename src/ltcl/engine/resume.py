@@ -128,6 +128,11 @@ def check_resumable(path: Path, checkpoint: dict[str, Any]) -> None:
             later epochs again and overwrite the run's records).
     """
     run_dir = RunDir(path.resolve().parent)
+    if (run_dir / RunDir.CONFIG).is_file() and "decouple" in run_dir.read_config():
+        raise UserError(
+            f"{path} is a classifier re-fitted by ltcl decouple, not a training run: re-fit it again with ltcl "
+            "decouple (its config.yaml names the source checkpoint) instead of resuming it."
+        )
     if not (run_dir / RunDir.CONFIG).is_file():
         raise UserError(
             f"{path} is not inside its run directory (no {RunDir.CONFIG} beside it): resume the checkpoint_last.pt "

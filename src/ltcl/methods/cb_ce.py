@@ -33,5 +33,7 @@ class ClassBalancedCrossEntropy(ReweightedClassification):
 
     name = "cb_ce"
     paper = "Cui et al., Class-Balanced Loss Based on Effective Number of Samples, CVPR 2019"
+    # weights close to 1/N_j (beta 0.9999 on CIFAR-LT): the weighted softmax targets a uniform prior
+    balanced_logits = True
     Section = ClassBalancedSection
     form = "softmax"

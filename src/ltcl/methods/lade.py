@@ -60,6 +60,7 @@ class LADE(Objective):
     name = "lade"
     role = "classification"
     paper = "Hong et al., Disentangling Label Distribution for Long-tailed Visual Recognition (LADE), CVPR 2021"
+    balanced_logits = True  # see docs/conventions.md, "Evaluation report"
     Section = LADESection
 
     def __init__(self, setup: ObjectiveSetup) -> None:

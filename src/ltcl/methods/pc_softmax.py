@@ -31,6 +31,7 @@ class PCSoftmax(Objective):
     name = "pc_softmax"
     role = "classification"
     paper = "Hong et al., LADE, CVPR 2021 (PC Softmax, Sec. 3.2)"
+    balanced_logits = True  # see docs/conventions.md, "Evaluation report"
 
     def __init__(self, setup: ObjectiveSetup) -> None:
         super().__init__(setup)
