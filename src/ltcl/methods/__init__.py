@@ -9,21 +9,28 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
     balanced_contrastive,
     balanced_softmax,
     cross_entropy,
+    cutmix,
     dscl,
     gml,
     gpaco,
     kcl,
     ldam_drw,
     logit_adjusted,
+    mixup,
     paco,
     proco,
+    remix,
     supcon,
 )
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
+from ltcl.methods.mixing import Mixing
 from ltcl.methods.registry import (
+    MIXINGS,
     OBJECTIVES,
     build_objective,
     method_parts,
+    mixing_strategy,
+    register_mixing,
     register_objective,
     resolve_config,
     second_sampler,
@@ -32,13 +39,17 @@ from ltcl.methods.registry import (
 )
 
 __all__ = [
+    "MIXINGS",
     "OBJECTIVES",
     "LossOutput",
+    "Mixing",
     "Objective",
     "ObjectiveSetup",
     "StepRecord",
     "build_objective",
     "method_parts",
+    "mixing_strategy",
+    "register_mixing",
     "register_objective",
     "resolve_config",
     "second_sampler",
