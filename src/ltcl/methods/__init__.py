@@ -1,7 +1,9 @@
 """Training methods: one file each, registered by name (``loss.objective``), on one interface.
 
 ``from ltcl.methods import Objective, register_objective`` is all a new method needs (see the README's "Add your
-own method"); ``ltcl methods`` lists what is registered. Importing this package registers the built-in methods.
+own method"); ``ltcl methods`` lists what is registered. Importing this package registers the built-in methods and
+the mixing strategies of the classification term (``loss.mixing``: ``mixup``, ``cutmix``, ``remix``,
+:mod:`ltcl.methods.mixing`).
 """
 
 from ltcl.methods import (  # noqa: F401  (each registers itself)

@@ -105,7 +105,8 @@ class ClassifyAndContrast(Objective):
         if self.mixing is None:
             return []
         views = self.contrastive.classification_views if self.contrastive is not None else None
-        seen = "every view" if views is None else f"view{'s 1-' if views > 1 else ' '}{views}"
+        count = self.setup.num_views if views is None else min(views, self.setup.num_views)
+        seen = "view 1" if count == 1 else f"views 1-{count}"
         if self.contrastive is None:
             where = f"the network runs on the mixed views only ({seen})"
             if self.network_views == 1:
