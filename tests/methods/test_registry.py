@@ -56,7 +56,7 @@ def test_a_section_is_typed_completed_with_its_defaults_and_dropped_when_unused(
         ("loss.acl.negative_weighting=square", "'loss.acl.negative_weighting' expects one of inverse_frequency, none"),
         ("loss.acl.centre_momentum=0.8", "Unknown config key 'loss.acl.centre_momentum'"),
         ("loss.gpaco.alpha=-1", "'loss.gpaco.alpha' expects a finite number >= 0, got -1.0."),
-        ("loss.acls.use_centers=false", "Unknown config section 'loss.acls' (method sections: acl, "),
+        ("loss.acls.use_centers=false", "Unknown config section 'loss.acls' (method and mixing sections: acl, "),
         ("loss.center_momentum=0.8", "'loss.center_momentum' is now 'loss.acl.center_momentum'"),
         ("loss.gpaco_alpha=0.1", "'loss.gpaco_alpha' is now 'loss.gpaco.alpha'"),
         ("loss.temperature=inf", "'loss.temperature' expects a positive finite number, got inf."),

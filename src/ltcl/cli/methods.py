@@ -1,4 +1,5 @@
-"""``ltcl methods``: every registered method, backbone family and fine-tuning mode, with its paper and section."""
+"""``ltcl methods``: every registered method, mixing strategy, backbone family, sampler and fine-tuning mode, with
+its paper and section."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ def registered(plugins: list[str]) -> dict[str, list[dict]]:
     """What the registries hold (built-in and from ``plugins``), as plain data."""
     from ltcl.data.samplers import SAMPLERS
     from ltcl.decouple import REFITTERS
-    from ltcl.methods import OBJECTIVES
+    from ltcl.methods import MIXINGS, OBJECTIVES
     from ltcl.models import BACKBONES, FINETUNE_MODES
     from ltcl.plugins import load_plugins
 
@@ -34,6 +35,15 @@ def registered(plugins: list[str]) -> dict[str, list[dict]]:
         {"family": name, "names": list(f.names) or [f"{f.prefix}<name>"], "paper": f.paper}
         for name, f in BACKBONES.items()
     ]
+    mixing = [
+        {
+            "name": name,
+            "paper": m.paper,
+            "section": m.config_section() if m.Section is not None else None,
+            "defaults": {f.name: _default(f) for f in dataclasses.fields(m.Section)} if m.Section is not None else None,
+        }
+        for name, m in MIXINGS.items()
+    ]
     samplers = [{"name": name, "paper": p.paper} for name, p in SAMPLERS.items()]
     modes = [
         {"name": name + (f":{m.argument.split()[-1]}" if m.argument else ""), "paper": m.paper}
@@ -48,7 +58,14 @@ def registered(plugins: list[str]) -> dict[str, list[dict]]:
         }
         for name, cls in REFITTERS.items()
     ]
-    return {"methods": methods, "backbones": backbones, "finetune": modes, "samplers": samplers, "refitters": refitters}
+    return {
+        "methods": methods,
+        "mixing": mixing,
+        "backbones": backbones,
+        "finetune": modes,
+        "samplers": samplers,
+        "refitters": refitters,
+    }
 
 
 def _default(f: dataclasses.Field):
@@ -65,6 +82,10 @@ def format_registered(info: dict[str, list[dict]]) -> str:
                 values = ", ".join(f"{k}={v}" for k, v in m["defaults"].items())
                 section = f"\n  {'':<{width}}  loss.{m['section']}: {values}"
             lines.append(f"  {m['name']:<{width}}  {role:<14}  {m['paper']}{section}")
+    lines.append("mixing of the classification term (loss.mixing; none by default):")
+    for m in info.get("mixing", []):
+        values = ", ".join(f"{k}={v}" for k, v in (m["defaults"] or {}).items())
+        lines.append(f"  {m['name']}: {m['paper']}" + (f"; loss.{m['section']}: {values}" if m["section"] else ""))
     lines.append("backbone families (model.backbone):")
     for b in info["backbones"]:
         lines.append(f"  {b['family']}: {', '.join(b['names'])} ({b['paper']})")

@@ -128,9 +128,14 @@ class LossConfig:
     ``cls_weight * classification + alpha * contrastive``). Each method's own hyperparameters live in its own
     section, ``loss.<section>`` (``loss.acl.center_momentum``, ``loss.gpaco.alpha``): in YAML and ``--set`` they are
     written there, and ``sections`` holds them here (filled with the method's defaults when the run starts).
+    ``mixing`` names a registered mixing strategy of the classification term, whose hyperparameters are its own
+    section too (``loss.mixup.alpha``).
     """
 
     objective: str = "bs+acl"
+    # none | mixup | cutmix | remix (`ltcl methods` lists them): the classification term trains on mixed images and
+    # labels, drawn from the same batch; a contrastive term still sees the unmixed views
+    mixing: str = "none"
     alpha: float = field(default=0.1, metadata=NON_NEGATIVE)  # weight of the contrastive term
     temperature: float = field(default=0.05, metadata=POSITIVE)  # tau of the contrastive similarities
     cls_weight: float = field(default=1.0, metadata=NON_NEGATIVE)  # weight of the classification term

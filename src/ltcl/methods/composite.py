@@ -2,6 +2,11 @@
 
 ``loss = cls_weight * classification(all views) + alpha * contrastive(contrastive views)``. The parts are
 registered methods of roles ``classification`` and ``contrastive``; their own statistics pass through.
+
+With a mixing strategy (``loss.mixing``, :mod:`ltcl.methods.mixing`) the classification term is computed on mixed
+views, ``lam * L(y_a) + (1 - lam) * L(y_b)``: alone, the network runs on the mixed views only (the engine runs no
+forward, ``network_views`` 0); with a contrastive term, the contrastive part sees the engine's forward of the
+unmixed views and the classification term a second forward of the mixed ones.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
+from ltcl.methods.mixing import Mixing, classify_mixed
 
 
 class ClassifyAndContrast(Objective):
@@ -19,23 +25,36 @@ class ClassifyAndContrast(Objective):
     Args:
         setup: the shared setup (``loss.cls_weight``, ``loss.alpha``).
         parts: the built classification part, then the contrastive part if any.
+        mixing: the mixing strategy of the classification term, or None.
 
-    The parts are the submodules ``classification`` and ``contrastive``, which name their state in checkpoints.
+    The parts are the submodules ``classification`` and ``contrastive``, which name their state in checkpoints
+    (and ``mixing``, whose state is its step counter).
     """
 
-    def __init__(self, setup: ObjectiveSetup, parts: Sequence[Objective]) -> None:
+    def __init__(self, setup: ObjectiveSetup, parts: Sequence[Objective], mixing: Mixing | None = None) -> None:
         super().__init__(setup)
         self.classification = parts[0]
         self.contrastive: Objective | None = parts[1] if len(parts) > 1 else None
+        self.mixing = mixing
         self.name = "+".join(p.name for p in parts)
         self.cls_weight = float(setup.loss.cls_weight)
         self.alpha = float(setup.loss.alpha)
         own = ("loss_cls", "loss_con") if self.contrastive is not None else ("loss_cls",)
-        self.stat_names = own + tuple(n for p in parts for n in p.stat_names)
+        mixed = mixing.stat_names if mixing is not None else ()
+        self.stat_names = own + mixed + tuple(n for p in parts for n in p.stat_names)
         self.needs_projections = any(p.needs_projections for p in parts)  # type: ignore[misc]
         self.needs_features = any(p.needs_features for p in parts)  # type: ignore[misc]
-        limits = [p.network_views for p in parts if p.network_views is not None]
-        self.network_views = max(limits) if len(limits) == len(parts) else None
+        # With mixing, the classification part runs the network itself: only the contrastive part (if any) needs
+        # the engine's forward.
+        forwarded = [p for p in parts if mixing is None or p is not self.classification]
+        limits = [p.network_views for p in forwarded if p.network_views is not None]
+        self.network_views = max(limits) if forwarded and len(limits) == len(forwarded) else None
+        if mixing is not None and self.contrastive is None:
+            # The network sees only the mixed views. Under torch.distributed the engine's forward still runs, on
+            # view 1, and its output is not used: it is the forward of the DDP wrapper, which is what averages the
+            # gradients across processes; a method's own forward of step.model bypasses the wrapper, so without it
+            # each process would keep its own gradient (the engine hands methods no DDP forward; reported).
+            self.network_views = 1 if setup.gather_distributed else 0
         second = {p.second_sampler for p in parts} - {None}
         if len(second) > 1:
             raise ValueError(f"The parts of {self.name} ask for two second samplers: {sorted(second)}.")
@@ -43,14 +62,17 @@ class ClassifyAndContrast(Objective):
 
     def forward(self, step: StepRecord) -> LossOutput:
         views = self.contrastive.classification_views if self.contrastive is not None else None
-        cls = self.classification(step if views is None else step.first_views(views))
+        if self.mixing is not None:
+            cls = classify_mixed(self.mixing, self.classification, step, views)
+        else:
+            cls = self.classification(step if views is None else step.first_views(views))
         parts: dict[str, Tensor] = {"loss_cls": cls.loss.detach(), **cls.parts}
         total = cls.loss if self.cls_weight == 1.0 else self.cls_weight * cls.loss
         if self.contrastive is None:
-            return LossOutput(total, parts)
+            return LossOutput(total, parts, logits=cls.logits)
         con = self.contrastive(step)
         parts |= {"loss_con": con.loss.detach(), **con.parts}
-        return LossOutput(total + self.alpha * con.loss, parts)
+        return LossOutput(total + self.alpha * con.loss, parts, logits=cls.logits)
 
     def set_epoch(self, epoch: int) -> None:
         for part in self._parts():
@@ -59,6 +81,8 @@ class ClassifyAndContrast(Objective):
     def after_step(self, step: StepRecord) -> None:
         for part in self._parts():
             part.after_step(step)
+        if self.mixing is not None:
+            self.mixing.after_step()
 
     def bind(self, model) -> None:
         for part in self._parts():
@@ -75,7 +99,21 @@ class ClassifyAndContrast(Objective):
         if self.contrastive is not None:
             weights.append(f"alpha {self.alpha}")
         described = [p.describe() for p in self._parts() if p.describe() != p.name]
-        return ", ".join([self.name, *weights, *described])
+        return ", ".join([self.name, *weights, *described, *self._describe_mixing()])
+
+    def _describe_mixing(self) -> list[str]:
+        if self.mixing is None:
+            return []
+        views = self.contrastive.classification_views if self.contrastive is not None else None
+        count = self.setup.num_views if views is None else min(views, self.setup.num_views)
+        seen = "view 1" if count == 1 else f"views 1-{count}"
+        if self.contrastive is None:
+            where = f"the network runs on the mixed views only ({seen})"
+            if self.network_views == 1:
+                where += "; the engine's forward of view 1 runs too, unused, for DDP's gradient averaging"
+        else:
+            where = f"a second forward of the mixed views ({seen}); the contrastive term sees the unmixed views"
+        return [f"mixing {self.mixing.describe()} on the classification term: {where}"]
 
     def _parts(self) -> list[Objective]:
         return [self.classification] + ([self.contrastive] if self.contrastive is not None else [])

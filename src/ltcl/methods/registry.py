@@ -3,6 +3,9 @@
 This is the one place that reads ``loss.objective``: a registered name, or ``CLS+CON`` (a classification loss and
 a contrastive term joined by ``+``). :func:`resolve_config` types each used method's section and fills in its
 defaults, so the saved config holds every value the run used; :func:`build_objective` builds the objective.
+
+``loss.mixing`` names a registered mixing strategy of the classification term (``none`` by default; see
+:mod:`ltcl.methods.mixing`); its section (``loss.mixup``) is typed like a method's.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from ltcl.data.samplers import SAMPLERS
 from ltcl.engine.loggers import check_logger_names
 from ltcl.methods.base import ROLES, Objective, ObjectiveSetup
 from ltcl.methods.composite import ClassifyAndContrast
+from ltcl.methods.mixing import NO_MIXING, Mixing
 from ltcl.models import CLASSIFIERS, backbone_family, parse_finetune
 from ltcl.plugins import load_plugins
 from ltcl.registry import Registry
 
 OBJECTIVES: Registry[type[Objective]] = Registry("method", "loss.objective")
+MIXINGS: Registry[type[Mixing]] = Registry("mixing strategy", "loss.mixing")
 
 
 def register_objective(cls: type[Objective]) -> type[Objective]:
@@ -39,11 +44,51 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
         raise ValueError(f"{cls.__name__}.role must be one of {', '.join(ROLES)}, got {cls.role!r}.")
     if cls.Section is not None and not dataclasses.is_dataclass(cls.Section):
         raise ValueError(f"{cls.__name__}.Section must be a dataclass (the method's config section) or None.")
-    section = cls.config_section()
-    owner = next((o for n, o in OBJECTIVES.items() if o.config_section() == section and n != cls.name), None)
-    if cls.Section is not None and owner is not None and owner.Section is not None:
-        raise ValueError(f"The config section 'loss.{section}' of '{cls.name}' belongs to '{owner.name}' already.")
+    _check_section_free(cls, cls.name)
     return OBJECTIVES.register(cls.name, cls)
+
+
+def register_mixing(cls: type[Mixing]) -> type[Mixing]:
+    """Registers a mixing strategy (``loss.mixing``) under its ``name`` (usable as a class decorator).
+
+    Raises:
+        ValueError: not a :class:`~ltcl.methods.mixing.Mixing` subclass, no name or the name ``none``, a
+            ``Section`` that is not a dataclass, or a section name taken by a method or another strategy.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Mixing)):
+        raise ValueError(f"register_mixing expects a subclass of ltcl.methods.mixing.Mixing, got {cls!r}.")
+    if cls.name == NO_MIXING:
+        raise ValueError(f"'{NO_MIXING}' is loss.mixing's value for no mixing; choose another name.")
+    if cls.Section is not None and not dataclasses.is_dataclass(cls.Section):
+        raise ValueError(f"{cls.__name__}.Section must be a dataclass (the strategy's config section) or None.")
+    _check_section_free(cls, cls.name)
+    return MIXINGS.register(cls.name, cls)
+
+
+def _check_section_free(cls, name: str) -> None:
+    """A section name belongs to one method or mixing strategy."""
+    section = cls.config_section()
+    entries = [*OBJECTIVES.items(), *MIXINGS.items()]
+    owner = next((o for n, o in entries if o.config_section() == section and o.Section is not None and n != name), None)
+    if cls.Section is not None and owner is not None:
+        raise ValueError(f"The config section 'loss.{section}' of '{name}' belongs to '{owner.name}' already.")
+
+
+def mixing_strategy(name: str) -> type[Mixing] | None:
+    """The registered strategy of ``loss.mixing`` (None for ``none``).
+
+    Raises:
+        ConfigError: an unknown name, in one sentence listing the known ones.
+    """
+    if name == NO_MIXING:
+        return None
+    if name in MIXINGS:
+        return MIXINGS.get(name)
+    close = difflib.get_close_matches(name, [NO_MIXING, *MIXINGS], n=2)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(
+        f"loss.mixing '{name}' is not a registered mixing strategy; known: {', '.join([NO_MIXING, *MIXINGS])}.{hint}"
+    )
 
 
 def method_parts(objective: str) -> tuple[type[Objective], ...]:
@@ -83,9 +128,10 @@ def _names(role: str) -> str:
     return ", ".join(name for name, cls in OBJECTIVES.items() if cls.role == role)
 
 
-def section_owners() -> dict[str, type[Objective]]:
-    """Config section name -> the method that owns it."""
-    return {cls.config_section(): cls for _, cls in OBJECTIVES.items() if cls.Section is not None}
+def section_owners() -> dict[str, type[Objective] | type[Mixing]]:
+    """Config section name -> the method or mixing strategy that owns it."""
+    entries = [*OBJECTIVES.items(), *MIXINGS.items()]
+    return {cls.config_section(): cls for _, cls in entries if cls.Section is not None}
 
 
 def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
@@ -94,8 +140,9 @@ def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
     The config's plugins are loaded first (they may register the objective); ``with_plugins=False`` skips that
     (a saved config whose plugins moved, compared after the new places were loaded). The backbone and the
     fine-tuning mode must be registered, and each method checks the settings it needs (``check_config``).
-    Sections of registered methods that ``loss.objective`` does not use are checked and then left out (the saved
-    config holds only what the run used); a section no method owns is refused. Idempotent.
+    Sections of registered methods (and mixing strategies) that ``loss.objective`` (``loss.mixing``) does not use
+    are checked and then left out (the saved config holds only what the run used); a section no method or strategy
+    owns is refused. Mixing applies to a classification loss: a whole objective (``gpaco``) refuses it. Idempotent.
 
     Raises:
         ConfigError: an unknown objective or section, or a bad value in a section (one sentence naming the key).
@@ -108,15 +155,22 @@ def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
     CLASSIFIERS.get(cfg.model.classifier)
     check_logger_names(cfg.train.loggers)
     parts = method_parts(cfg.loss.objective)
+    mixing = mixing_strategy(cfg.loss.mixing)
+    if mixing is not None and parts[0].role == "objective":
+        raise ConfigError(
+            f"loss.mixing {cfg.loss.mixing} mixes the inputs of a classification loss, but loss.objective "
+            f"'{cfg.loss.objective}' is a whole objective: set loss.mixing=none, or use a classification loss "
+            f"({_names('classification')}), alone or joined to a contrastive term."
+        )
     owners = section_owners()
     typed = {}
     for name, values in cfg.loss.sections.items():
         if name not in owners:
             known = ", ".join(sorted(owners)) or "none"
-            raise ConfigError(f"Unknown config section 'loss.{name}' (method sections: {known}).")
+            raise ConfigError(f"Unknown config section 'loss.{name}' (method and mixing sections: {known}).")
         typed[name] = from_dict(values, owners[name].Section, f"loss.{name}.")
     sections = {}
-    for cls in parts:
+    for cls in [*parts, *([mixing] if mixing is not None else [])]:
         cls.check_config(cfg)
         if cls.Section is not None:
             name = cls.config_section()
@@ -124,8 +178,9 @@ def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
     return replace(cfg, loss=replace(cfg.loss, sections=sections))
 
 
-def typed_section(cfg: Config, cls: type[Objective]):
-    """The method's section of a resolved config as an instance of its ``Section`` (None without one)."""
+def typed_section(cfg: Config, cls: type[Objective] | type[Mixing]):
+    """The method's (or mixing strategy's) section of a resolved config as an instance of its ``Section`` (None
+    without one)."""
     if cls.Section is None:
         return None
     values = cfg.loss.sections.get(cls.config_section(), {})
@@ -187,4 +242,8 @@ def build_objective(
     setups = [replace(base, section=typed_section(cfg, cls)) for cls in parts]
     if parts[0].role == "objective":
         return parts[0](setups[0])
-    return ClassifyAndContrast(base, [cls(s) for cls, s in zip(parts, setups)])
+    strategy = mixing_strategy(cfg.loss.mixing)
+    mixing = None
+    if strategy is not None:
+        mixing = strategy(typed_section(cfg, strategy), base.class_counts, seed=cfg.train.seed)
+    return ClassifyAndContrast(base, [cls(s) for cls, s in zip(parts, setups)], mixing=mixing)
