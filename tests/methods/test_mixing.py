@@ -3,6 +3,7 @@ the papers' equations; the objective as ``lam * L(y_a) + (1 - lam) * L(y_b)`` on
 gradient), the contrastive term on the unmixed ones; the config; and training and resuming on the digits."""
 
 import ast
+import dataclasses
 import math
 import signal
 from pathlib import Path
@@ -275,12 +276,22 @@ def test_a_contrastive_term_sees_the_unmixed_views_and_the_classification_term_a
     assert [tuple(x.shape) for x in model.seen] == [(6, 3, 8, 8)]
 
 
-def test_under_torch_distributed_the_engine_forward_still_runs_for_ddp():
-    # A method's own forward of step.model is not DDP's: only the engine's forward averages the gradients.
+def test_the_mixed_views_go_through_the_engine_forward_so_ddp_averages_their_gradients():
+    # Under torchrun the engine's forward is DDP's: a method's own call of step.model would bypass it and leave
+    # each process with its own gradient. The mixed views must go through step.run_network, in one call.
     cfg = digits("loss.objective=ce", "loss.mixing=remix")
     objective = build_objective(cfg, COUNTS, feature_dim=3, gather_distributed=True)
-    assert objective.network_views == 1
-    assert "the engine's forward of view 1 runs too, unused, for DDP's gradient averaging" in objective.describe()
+    assert objective.network_views == 0
+    model, calls = PoolLinear(), []
+
+    def engine_forward(groups, with_projection):
+        calls.append([tuple(g.shape) for g in groups])
+        return [model(g, with_projection=with_projection) for g in groups]
+
+    step = dataclasses.replace(make_step(model), run_network=engine_forward)
+    model.seen.clear()
+    objective(step)
+    assert calls == [[(12, 3, 8, 8), (12, 3, 6, 6)]] and len(model.seen) == 2  # one call, every mixed view
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,8 @@ def step_record(
     every_view = batch
     if objective.network_views == 0:  # the method runs the network itself
         return StepRecord(None, batch.labels, None, batch.contrastive_mask[:0].flatten(), 0, batch.batch_size,
-                          model, images=batch.groups, group_views=batch.group_views, second=second)  # fmt: skip
+                          model, images=batch.groups, group_views=batch.group_views, second=second,
+                          run_network=forward)  # fmt: skip
     if objective.network_views is not None:
         batch = batch.first_views(objective.network_views)
     outputs = forward(batch.groups, objective.needs_projections)
@@ -67,6 +68,7 @@ def step_record(
         images=every_view.groups,
         group_views=every_view.group_views,
         second=second,
+        run_network=forward,
     )
 
 

@@ -47,6 +47,10 @@ class StepRecord:
         group_views: the views of each group, in the order of ``images``.
         second: the second batch of a method with a ``second_sampler`` (a MultiViewBatch on the device, the same
             views and size), or None.
+        run_network: ``run_network(groups, with_projection) -> [NetworkOutput per group]``, the engine's own
+            forward (DDP-wrapped under torchrun, so gradients are averaged across processes): a method that runs
+            the network itself (``network_views`` 0) calls it, not ``model``, for the images whose gradients train
+            the network.
 
     With ``network_views`` 0 the engine runs no forward: ``logits``, ``projections`` and ``features`` are None,
     ``labels`` is (B,) and ``num_views`` 0.
@@ -63,6 +67,7 @@ class StepRecord:
     images: list[Tensor] = field(default_factory=list)
     group_views: list[list[int]] = field(default_factory=list)
     second: Any = None
+    run_network: Any = None
 
     @cached_property
     def contrastive_rows(self) -> tuple[Tensor, Tensor]:

@@ -50,11 +50,9 @@ class ClassifyAndContrast(Objective):
         limits = [p.network_views for p in forwarded if p.network_views is not None]
         self.network_views = max(limits) if forwarded and len(limits) == len(forwarded) else None
         if mixing is not None and self.contrastive is None:
-            # The network sees only the mixed views. Under torch.distributed the engine's forward still runs, on
-            # view 1, and its output is not used: it is the forward of the DDP wrapper, which is what averages the
-            # gradients across processes; a method's own forward of step.model bypasses the wrapper, so without it
-            # each process would keep its own gradient (the engine hands methods no DDP forward; reported).
-            self.network_views = 1 if setup.gather_distributed else 0
+            # The network sees only the mixed views, run through the engine's forward (step.run_network), which
+            # is DDP's under torchrun and so averages the gradients across processes.
+            self.network_views = 0
         second = {p.second_sampler for p in parts} - {None}
         if len(second) > 1:
             raise ValueError(f"The parts of {self.name} ask for two second samplers: {sorted(second)}.")
@@ -109,8 +107,6 @@ class ClassifyAndContrast(Objective):
         seen = "view 1" if count == 1 else f"views 1-{count}"
         if self.contrastive is None:
             where = f"the network runs on the mixed views only ({seen})"
-            if self.network_views == 1:
-                where += "; the engine's forward of view 1 runs too, unused, for DDP's gradient averaging"
         else:
             where = f"a second forward of the mixed views ({seen}); the contrastive term sees the unmixed views"
         return [f"mixing {self.mixing.describe()} on the classification term: {where}"]

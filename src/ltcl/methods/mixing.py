@@ -183,7 +183,9 @@ def classify_mixed(mixing: Mixing, classification: Objective, step: StepRecord, 
     groups, group_views = classification_views(step, views)
     partner, rng = mixing.partners(b, labels.device)
     mixed = mixing.mix(groups, labels, partner, rng)
-    outputs = [step.model(images, with_projection=False) for images in mixed.groups]
+    # Through the engine's forward when it hands one over (DDP-wrapped under torchrun: gradients averaged).
+    run = step.run_network or (lambda groups, projection: [step.model(g, with_projection=projection) for g in groups])
+    outputs = run(mixed.groups, False)
     needs_features = classification.needs_features
 
     def record(logits, features, view_count, targets, images, members) -> StepRecord:
