@@ -8,6 +8,7 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
     aligned,
     balanced_contrastive,
     balanced_softmax,
+    bbn,
     cross_entropy,
     dscl,
     gml,
@@ -18,6 +19,7 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
     paco,
     proco,
     supcon,
+    tde,
 )
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
 from ltcl.methods.registry import (
