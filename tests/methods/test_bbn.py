@@ -21,7 +21,7 @@ from ltcl.methods import ObjectiveSetup, StepRecord, resolve_config
 from ltcl.methods.bbn import BBNSection, BilateralBranchNetwork, first_view
 from ltcl.models import build_backbone
 from ltcl.models.resnet_cifar import BasicBlock
-from tests.engine.test_training import DIGITS, TINY, ltcl, sets
+from tests.engine.test_training import DIGITS, REPO, TINY, ltcl, sets
 
 B, F, C = 6, 4, 5
 COUNTS = (50, 20, 10, 5, 2)
@@ -186,6 +186,14 @@ def test_the_rival_configs_resolve(name):
     cfg = resolve_config(load_config(DIGITS.replace("digits_lt.yaml", f"rivals/{name}.yaml")))
     assert cfg.loss.objective == "bbn" and cfg.views.num_views == 1 and cfg.data.sampler == "instance"
     assert cfg.model.backbone.startswith("bbn_") and cfg.model.classifier == "linear" and cfg.optim.nesterov
+
+
+def test_every_value_of_the_rival_configs_has_its_source():
+    for path in sorted((REPO / "configs" / "rivals").glob("*_bbn.yaml")):
+        lines = path.read_text().splitlines()
+        for before, line in zip(lines, lines[1:]):  # on its line or in the comment above
+            if ":" in line and not line.lstrip().startswith("#") and not line.rstrip().endswith(":"):
+                assert "#" in line or before.lstrip().startswith("#"), (path.name, line)
 
 
 def test_the_shared_protocol_overrides_resolve():

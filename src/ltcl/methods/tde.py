@@ -29,6 +29,7 @@ from torch import nn
 from ltcl.config import ConfigError
 from ltcl.config.checks import AT_LEAST_1, MOMENTUM, NON_NEGATIVE, POSITIVE
 from ltcl.losses.tde import epoch_momentum, head_cosines
+from ltcl.losses.validation import compute_dtype
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
 from ltcl.methods.registry import register_objective
 from ltcl.models.causal import CausalNormClassifier
@@ -97,10 +98,10 @@ class TotalDirectEffect(Objective):
         self._momentum = None
 
     def forward(self, step: StepRecord) -> LossOutput:
-        loss = F.cross_entropy(step.logits.float(), step.labels)
+        loss = F.cross_entropy(step.logits.to(compute_dtype(step.logits)), step.labels)  # float32 under autocast
         head = self.classifier
         with torch.no_grad():
-            cos = head_cosines(step.features.detach().float(), head.direction, head.heads).mean()
+            cos = head_cosines(step.features.detach().to(head.direction.dtype), head.direction, head.heads).mean()
             if self._momentum is None or self._momentum.device != cos.device:
                 self._momentum = head.momentum.detach().clone()
         return LossOutput(loss, {"tde_momentum": self._momentum, "tde_cos": cos})
