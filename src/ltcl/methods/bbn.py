@@ -104,7 +104,7 @@ class BilateralBranchNetwork(Objective):
         logits = model.classifier(bilateral_mix(f_c, f_r, self.alpha))
         loss, conventional, rebalancing = bilateral_loss(logits, step.labels, step.second.labels, self.alpha)
         if self._alpha_tensor is None or self._alpha_tensor.device != logits.device:
-            self._alpha_tensor = torch.tensor(self.alpha, dtype=torch.float64, device=logits.device)
+            self._alpha_tensor = torch.full((), self.alpha, dtype=torch.float64, device=logits.device)
         parts = {
             "alpha": self._alpha_tensor,
             "loss_conventional": conventional.detach(),

@@ -84,7 +84,7 @@ class CausalNormClassifier(EvalBias, nn.Module):
     @torch.no_grad()
     def _accumulate(self, features: Tensor) -> None:
         rows = features.detach().to(self.direction.dtype)  # float32 (float64 in a float64 model)
-        totals = torch.cat([rows.sum(0), rows.new_tensor([rows.shape[0]])])
+        totals = torch.cat([rows.sum(0), rows.new_full((1,), rows.shape[0])])  # a fill: no copy from the host
         all_reduce_sum(totals)  # the global batch under torch.distributed, identical on every process
         mean = totals[:-1] / totals[-1].clamp(min=1)
         self.direction.copy_(moving_average_update(self.direction, mean, self.momentum))
