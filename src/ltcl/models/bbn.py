@@ -14,11 +14,12 @@ ImageNet-LT). The features are the two branches' pooled outputs side by side: 2 
 
 Where this differs from the authors' networks (Megvii-Nanjing/BBN lib/backbone/resnet_cifar.py ``BBN_ResNet_Cifar``
 and resnet.py ``BBN_ResNet``): the CIFAR trunk is ltcl's :class:`~ltcl.models.resnet_cifar.CifarResNet` (the same
-layers, option-A shortcuts padded the same way, the same Kaiming-normal initialisation), the re-balancing block is
-initialised like the rest of its network, and the pooling follows each branch instead of the concatenation (the
-same numbers: the average of a concatenation is the concatenation of the averages). For ``bbn_resnet8`` (one
-block per stage) both branches are the stage's only, downsampling block; the authors' code would build a one-block
-trunk stage there as well (``_make_layer`` with 0 blocks makes one).
+layers, option-A shortcuts padded the same way, the same Kaiming-normal initialisation, the re-balancing block's
+included); the ImageNet networks are torchvision's, with torchvision's initialisation (the authors' ``BBN_ResNet``
+keeps PyTorch's default layer initialisation); the pooling follows each branch instead of the concatenation (the
+same numbers: the average of a concatenation is the concatenation of the averages). ``bbn_resnet8`` (one block
+per stage) makes both branches out of the stage's only, downsampling block and ends the trunk after stage 2, where
+the authors' layer builder, asked for no block, would make one and add the two branch blocks after it.
 """
 
 from __future__ import annotations
