@@ -10,6 +10,7 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
     aligned,
     balanced_contrastive,
     balanced_softmax,
+    bbn,
     cb_ce,
     cb_focal,
     cb_sigmoid,
@@ -29,6 +30,7 @@ from ltcl.methods import (  # noqa: F401  (each registers itself)
     proco,
     remix,
     supcon,
+    tde,
 )
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
 from ltcl.methods.mixing import Mixing

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
-from ltcl.config import LossConfig
+from ltcl.config import LossConfig, OptimConfig
 
 ROLES = ("objective", "classification", "contrastive")
 
@@ -128,6 +128,7 @@ class ObjectiveSetup:
         feature_dim: F, the size of the backbone features and the classifier's input.
         hidden_dim: the hidden width of the projection head (0: a single linear map).
         epochs: the run's length, for schedules inside the objective (deferred re-weighting).
+        optim: the run's optimiser section (a method whose state follows the learning rate: TDE's moving average).
         num_views: V, views per image.
         gather_distributed: contrast against the global batch under torch.distributed.
     """
@@ -139,6 +140,7 @@ class ObjectiveSetup:
     feature_dim: int = 0
     hidden_dim: int = 0
     epochs: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
     num_views: int = 1
     gather_distributed: bool = False
 

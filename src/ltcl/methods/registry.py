@@ -236,6 +236,7 @@ def build_objective(
         feature_dim=feature_dim,
         hidden_dim=cfg.model.projection_hidden,
         epochs=cfg.optim.epochs,
+        optim=cfg.optim,
         num_views=cfg.views.num_views,
         gather_distributed=gather_distributed,
     )

@@ -3,6 +3,7 @@ combines them."""
 
 from ltcl.data.inputs import InputSpec
 from ltcl.models.backbones import KNOWN_BACKBONES, build_backbone, input_spec, weights_origin
+from ltcl.models.causal import CausalNormClassifier
 from ltcl.models.finetune import FINETUNE_MODES, FinetuneMode, ParameterCounts, apply_finetune, parse_finetune
 from ltcl.models.heads import (
     CLASSIFIERS,
@@ -28,6 +29,7 @@ __all__ = [
     "KNOWN_BACKBONES",
     "BackboneRequest",
     "BuiltBackbone",
+    "CausalNormClassifier",
     "CifarResNet",
     "CosineClassifier",
     "DisAlignClassifier",

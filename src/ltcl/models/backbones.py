@@ -109,6 +109,8 @@ register_backbone(
     paper="Radford et al., ICML 2021 (OpenCLIP image towers, pip install 'ltcl[clip]')",
     describe_pretrained=lambda r: open_clip_weights_origin(r.pretrained),
 )
+import ltcl.models.bbn  # noqa: E402, F401  (registers BBN's bilateral backbones, bbn_resnet32 ...)
+
 KNOWN_BACKBONES = tuple(n for _, family in BACKBONES.items() for n in family.names)
 
 
