@@ -13,7 +13,7 @@ def registered(plugins: list[str]) -> dict[str, list[dict]]:
     from ltcl.data.samplers import SAMPLERS
     from ltcl.decouple import REFITTERS
     from ltcl.methods import MIXINGS, OBJECTIVES
-    from ltcl.models import BACKBONES, FINETUNE_MODES
+    from ltcl.models import BACKBONES, CLASSIFIERS, FINETUNE_MODES
     from ltcl.plugins import load_plugins
 
     load_plugins(plugins)
@@ -45,6 +45,7 @@ def registered(plugins: list[str]) -> dict[str, list[dict]]:
         for name, m in MIXINGS.items()
     ]
     samplers = [{"name": name, "paper": p.paper} for name, p in SAMPLERS.items()]
+    classifiers = [{"name": name, "paper": k.paper} for name, k in CLASSIFIERS.items()]
     modes = [
         {"name": name + (f":{m.argument.split()[-1]}" if m.argument else ""), "paper": m.paper}
         for name, m in FINETUNE_MODES.items()
@@ -64,6 +65,7 @@ def registered(plugins: list[str]) -> dict[str, list[dict]]:
         "backbones": backbones,
         "finetune": modes,
         "samplers": samplers,
+        "classifiers": classifiers,
         "refitters": refitters,
     }
 
@@ -89,6 +91,8 @@ def format_registered(info: dict[str, list[dict]]) -> str:
     lines.append("backbone families (model.backbone):")
     for b in info["backbones"]:
         lines.append(f"  {b['family']}: {', '.join(b['names'])} ({b['paper']})")
+    lines.append("classifiers (model.classifier):")
+    lines += [f"  {c['name']}: {c['paper']}" for c in info["classifiers"]]
     lines.append("samplers (data.sampler):")
     lines += [f"  {s['name']}: {s['paper']}" for s in info["samplers"]]
     lines.append("fine-tuning modes (model.finetune):")
