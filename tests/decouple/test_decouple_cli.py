@@ -144,6 +144,6 @@ def test_refusals_are_one_sentence(source, refits, tmp_path, capsys):
     assert "decouple.tau=T" in capsys.readouterr().err
     again = ["decouple", "--checkpoint", str(source), "--method", "ncm", "--out", str(refits["ncm"])]
     assert main(again) == 2 and "holds a finished run" in capsys.readouterr().err
-    # ltcl train cannot continue a re-fit: its checkpoint is a finished run
-    assert main(["train", "--resume", str(refits["lws"] / "checkpoint_last.pt")]) == 0
-    assert "Nothing to do" in capsys.readouterr().out
+    # ltcl train cannot continue a re-fit: it names the command that made it
+    assert main(["train", "--resume", str(refits["lws"] / "checkpoint_last.pt")]) == 2
+    assert "re-fit it again with ltcl decouple" in capsys.readouterr().err

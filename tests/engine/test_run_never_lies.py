@@ -122,7 +122,8 @@ def test_changed_hyperparameters_are_refused_and_the_record_is_kept(tmp_path):
     assert (run / "config.yaml").read_text() == config_before
     (record,) = [json.loads(line) for line in (run / "resumes.jsonl").read_text().splitlines()]
     assert record["extended_epochs"] == [2, 3] and record["changed"] == {"train.eval_every": [10, 3]}
-    assert (record["epoch"], record["batch"]) == (2, 0) and record["code_revision"]
+    # it continues in epoch 3 (1-based, as metrics.csv counts) with no batch of it done
+    assert (record["epoch"], record["batch"]) == (3, 0) and record["code_revision"]
 
 
 def test_a_non_finite_loss_stops_the_run_and_reports_no_accuracy(tmp_path):
