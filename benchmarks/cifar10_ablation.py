@@ -166,7 +166,14 @@ SETTINGS = {
     "bf16_loader": ("BS + ACL, bf16, PIL loader", ["train.amp=bf16", "data.augment_on=loader"]),
     "bf16_device": ("BS + ACL, bf16, on-device augmentation", ["train.amp=bf16", "data.augment_on=device"]),
 }
-LABELS = {name: label for name, (label, _) in SETTINGS.items()}
+# Two-stage re-fits: name -> (table label, the trained setting whose last checkpoint is re-fitted, ltcl decouple's
+# method). The backbone stays frozen; the re-fit's own schedule is the method's paper's (ltcl methods lists it).
+REFITS = {
+    f"{source}_{method}": (f"{SETTINGS[source][0]}, then {label}", source, method)
+    for source in ("ce_1view", "bs_1view", "bs_acl")
+    for method, label in (("crt", "cRT"), ("lws", "LWS"), ("tau_norm", "tau-norm"), ("ncm", "NCM"))
+}
+LABELS = {name: label for name, (label, _) in SETTINGS.items()} | {name: r[0] for name, r in REFITS.items()}
 # The order runs are made in: what the issue asks first, then the second seeds and the rivals.
 PLAN = [
     ("bs_acl", 0), ("bs_scl_aware", 0), ("bs_4views", 0), ("bs_1view", 0), ("ce_1view", 0), ("bs_scl_uniform", 0),
@@ -203,6 +210,7 @@ ABLATION_DIFFERENCES = [
     ("BS + ACL - GML", "bs_acl", "gml"),
     ("BS + ACL - KCL", "bs_acl", "kcl"),
     ("BS + ACL - DSCL", "bs_acl", "dscl"),
+    *[(f"{label} - {SETTINGS[source][0]}", name, source) for name, (label, source, _) in REFITS.items()],
 ]
 
 
@@ -221,6 +229,15 @@ def command(args, setting: str, seed: int) -> list[str]:
     return [sys.executable, "-m", "ltcl.cli", "train", "-c", str(CONFIG), *[w for s in sets for w in ("--set", s)]]
 
 
+def refit_command(args, setting: str, seed: int) -> tuple[Path, list[str]]:
+    """The re-fit's run directory (beside its source run) and its ltcl decouple command."""
+    _, source, method = REFITS[setting]
+    source_run = Path(args.out) / run_name(source, seed, args.epochs)
+    run = source_run.parent / f"{source_run.name}_{method}"
+    words = [sys.executable, "-m", "ltcl.cli", "decouple", "--checkpoint", str(source_run / "checkpoint_last.pt")]
+    return run, [*words, "--method", method, "--out", str(run), *[w for s in args.overrides for w in ("--set", s)]]
+
+
 def result_row(run: Path, setting: str, seed: int, epochs: int) -> dict:
     results = json.loads((run / "results.json").read_text())
     with (run / "metrics.csv").open() as file:
@@ -228,7 +245,7 @@ def result_row(run: Path, setting: str, seed: int, epochs: int) -> dict:
     test, best = results["test"], results.get("test_best_val") or {}
     row = {
         "setting": setting,
-        "label": SETTINGS[setting][0],
+        "label": LABELS[setting],
         "seed": seed,
         "epochs": epochs,
         "revision": results["code_revision"],
@@ -318,18 +335,24 @@ def main():
         plan = [(s, seed) for s in args.only for seed in (args.seeds or [0])]
     if args.runs:
         plan = [(item.split(":")[0], int(item.split(":")[1])) for item in args.runs]
-        unknown = sorted({s for s, _ in plan} - {name for name, (_, sets) in SETTINGS.items() if sets is not None})
+        runnable = {name for name, (_, sets) in SETTINGS.items() if sets is not None} | set(REFITS)
+        unknown = sorted({s for s, _ in plan} - runnable)
         if unknown:
-            parser.error(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}")
+            parser.error(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}, {', '.join(REFITS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for setting, seed in plan:
-        run = out / run_name(setting, seed, args.epochs)
-        words = command(args, setting, seed)
+        if setting in REFITS:
+            run, words = refit_command(args, setting, seed)
+            if not Path(words[5]).exists():
+                print(f"[skipped] {run.name}: its source run has no checkpoint yet ({words[5]})", flush=True)
+                continue
+        else:
+            run, words = out / run_name(setting, seed, args.epochs), command(args, setting, seed)
         if (run / "results.json").exists():
             print(f"[done] {run.name}", flush=True)
         else:
-            if (run / "checkpoint_last.pt").exists():
+            if setting not in REFITS and (run / "checkpoint_last.pt").exists():
                 words = [*words[:4], "--resume", str(run / "checkpoint_last.pt")]
             print(f"[run] {run.name}: {shlex.join(words)}", flush=True)
             status = subprocess.run(words, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
