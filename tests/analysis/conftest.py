@@ -29,7 +29,7 @@ TINY = [
     "train.progress=false",
     "train.eval_every=1",
     "train.tensorboard=false",
-    "data.val_per_class=0",  # no validation split: these runs evaluate (and plot) the test split every epoch
+    "data.val_per_class=0",  # no validation split: nothing is scored while training, the test split once at the end
 ]
 TINIER = [
     "optim.epochs=1",
