@@ -1,37 +1,14 @@
 """Training methods: one file each, registered by name (``loss.objective``), on one interface.
 
 ``from ltcl.methods import Objective, register_objective`` is all a new method needs (see the README's "Add your
-own method"); ``ltcl methods`` lists what is registered. Importing this package registers the built-in methods and
-the mixing strategies of the classification term (``loss.mixing``: ``mixup``, ``cutmix``, ``remix``,
-:mod:`ltcl.methods.mixing`).
+own method"); ``ltcl methods`` lists what is registered. Importing this package imports each of its modules, so the
+built-in methods and the mixing strategies of the classification term (``loss.mixing``: ``mixup``, ``cutmix``,
+``remix``, :mod:`ltcl.methods.mixing`) register themselves.
 """
 
-from ltcl.methods import (  # noqa: F401  (each registers itself)
-    aligned,
-    balanced_contrastive,
-    balanced_softmax,
-    bbn,
-    cb_ce,
-    cb_focal,
-    cb_sigmoid,
-    cross_entropy,
-    cutmix,
-    dscl,
-    focal,
-    gml,
-    gpaco,
-    kcl,
-    lade,
-    ldam_drw,
-    logit_adjusted,
-    mixup,
-    paco,
-    pc_softmax,
-    proco,
-    remix,
-    supcon,
-    tde,
-)
+import importlib
+import pkgutil
+
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
 from ltcl.methods.mixing import Mixing
 from ltcl.methods.registry import (
@@ -48,6 +25,11 @@ from ltcl.methods.registry import (
     uses_features,
     uses_projections,
 )
+
+# Every module of this package is imported, so that each method registers itself: a new method is one new file
+# here (with its config and its test), and no list of methods has to be edited.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "MIXINGS",
