@@ -24,7 +24,9 @@ from ltcl.losses.balanced_softmax import BalancedSoftmaxLoss, LogitAdjustedLoss
 from ltcl.losses.bcl import BalancedContrastiveLoss, BCLPrototypeHead, balanced_contrastive_loss
 from ltcl.losses.class_balanced import ClassBalancedLoss, class_balanced_loss, focal_terms
 from ltcl.losses.gml import ClassQueue, GMLLoss
-from ltcl.losses.gpaco import GPaCoLoss, GPaCoProjectionHead, GPaCoQueue, gpaco_loss
+from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
+from ltcl.losses.gpaco_head import GPaCoProjectionHead
+from ltcl.losses.gpaco_queue import GPaCoQueue
 from ltcl.losses.kcl import KCLLoss, kcl_loss
 from ltcl.losses.lade import LADELoss, lade_loss, lade_regularizer
 from ltcl.losses.ldam import LDAMLoss, effective_number_weights, ldam_loss, ldam_margins
