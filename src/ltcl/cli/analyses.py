@@ -151,6 +151,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ltcl.analysis import leaderboard as board
+    from ltcl.analysis import leaderboard_format as board_format
+    from ltcl.analysis import leaderboard_rows as board_rows
     from ltcl.analysis.tables import EVAL_REPORTS, LAST_EPOCH_NOTE, group_runs, run_measurements
 
     if args.csv and args.run_dirs:
@@ -159,7 +161,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("Give the run directories to compare, or a results csv with --csv FILE.")
     notes = []
     if args.csv:
-        measurements = board.read_results_csv(args.csv)
+        measurements = board_rows.read_results_csv(args.csv)
         what = (
             f"Test accuracy in % of the last-epoch model ({args.csv}: many, medium, few, all; All, best-on-val "
             "checkpoint: val_best_all)"
@@ -174,7 +176,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     untested = [d for s in settings for d in s.untested]
     if untested:
         notes.insert(0, f"no test split (n/a, no number in the means): {', '.join(untested)}")
-    if board.ece_columns(settings):
+    if board_format.ece_columns(settings):
         where = " or ".join(str(p) for p in EVAL_REPORTS)
         notes.append(
             f"ECE: expected calibration error in % of the model's test outputs (before any temperature scaling), from "
@@ -184,14 +186,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if adjusted:
             notes.append(f"ECE of logit-adjusted outputs (ltcl eval --logit-adjust): {', '.join(adjusted)}")
     diffs = []
-    header = f"{what}; {board.SETTINGS_NOTE}:"
-    table = board.settings_table(settings)
+    header = f"{what}; {board_format.SETTINGS_NOTE}:"
+    table = board_format.settings_table(settings)
     differences = ""
     if args.baseline:
         diffs, unpaired = board.baseline_differences(settings, args.baseline)
         notes += unpaired
-        differences = f"Each setting minus the baseline ({args.baseline}): {board.DIFFERENCES_NOTE}:"
-        differences += "\n\n" + board.differences_table(diffs, settings) if diffs else "\n\nnone to pair."
+        differences = f"Each setting minus the baseline ({args.baseline}): {board_format.DIFFERENCES_NOTE}:"
+        differences += "\n\n" + board_format.differences_table(diffs, settings) if diffs else "\n\nnone to pair."
     print(header)
     print(table)
     if differences:
@@ -207,11 +209,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if differences:
             text += f"## Paired differences\n\n{differences}\n\n"
         out.write_text(text + f"Runs:\n\n{runs}\n")
-        board.write_settings_csv(settings, out.with_suffix(".csv"))
+        board_format.write_settings_csv(settings, out.with_suffix(".csv"))
         written = [out, out.with_suffix(".csv")]
         if args.baseline:
             written.append(out.with_name(f"{out.stem}_differences.csv"))
-            board.write_differences_csv(diffs, written[-1])
+            board_format.write_differences_csv(diffs, written[-1])
         print(f"wrote {', '.join(map(str, written))}")
     return 0
 
