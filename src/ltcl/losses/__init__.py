@@ -30,7 +30,8 @@ from ltcl.losses.gpaco_queue import GPaCoQueue
 from ltcl.losses.kcl import KCLLoss, kcl_loss
 from ltcl.losses.lade import LADELoss, lade_loss, lade_regularizer
 from ltcl.losses.ldam import LDAMLoss, effective_number_weights, ldam_loss, ldam_margins
-from ltcl.losses.proco import ProCoLoss, bessel_log_term, bessel_ratio, proco_logits, vmf_log_normalizer
+from ltcl.losses.proco import ProCoLoss, proco_logits
+from ltcl.losses.proco_bessel import bessel_log_term, bessel_ratio, vmf_log_normalizer
 from ltcl.losses.supcon import SupConLoss
 
 __all__ = [
