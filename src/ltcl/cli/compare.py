@@ -25,7 +25,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ltcl.analysis import leaderboard as board
     from ltcl.analysis import leaderboard_format as board_format
     from ltcl.analysis import leaderboard_rows as board_rows
-    from ltcl.analysis.tables import EVAL_REPORTS, LAST_EPOCH_NOTE, group_runs, run_measurements
+    from ltcl.analysis.eval_ece import EVAL_REPORTS
+    from ltcl.analysis.tables import LAST_EPOCH_NOTE, group_runs, run_measurements
 
     if args.csv and args.run_dirs:
         raise UserError("Give run directories or --csv FILE, not both.")
