@@ -62,7 +62,7 @@ def gpaco_per_anchor(
     queue: Tensor | None = None,
     queue_labels: Tensor | None = None,
 ) -> GPaCoTerms:
-    """Per-anchor GPaCo terms ``L_i`` (module docstring); no value checks, no host synchronisation.
+    """Per-anchor GPaCo terms ``L_i`` (:mod:`ltcl.losses.gpaco`); no value checks, no host synchronisation.
 
     Args:
         features: (N, D) L2-normalised projections of the batch; the batch's contrast rows (all ranks' rows under
