@@ -23,7 +23,8 @@ from ltcl.losses.aligned import AlignedContrastiveLoss, inverse_frequency_weight
 from ltcl.losses.balanced_softmax import BalancedSoftmaxLoss, LogitAdjustedLoss
 from ltcl.losses.bcl import BalancedContrastiveLoss, BCLPrototypeHead, balanced_contrastive_loss
 from ltcl.losses.class_balanced import ClassBalancedLoss, class_balanced_loss, focal_terms
-from ltcl.losses.gml import ClassQueue, GMLLoss
+from ltcl.losses.gml import GMLLoss
+from ltcl.losses.gml_queue import ClassQueue
 from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
 from ltcl.losses.gpaco_head import GPaCoProjectionHead
 from ltcl.losses.gpaco_queue import GPaCoQueue
