@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 
 from ltcl.analysis import leaderboard as board
+from ltcl.analysis import leaderboard_format as board_format
+from ltcl.analysis import leaderboard_rows as board_rows
 from ltcl.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,10 +287,10 @@ def tables(path: Path, epochs: int, questions=ABLATION_DIFFERENCES) -> str:
     """The csv's runs of ``epochs`` epochs as ``ltcl compare --csv`` prints them (mean ± sample std over seeds, in
     the csv's order), then each question's difference (label, first, second), first minus second, paired by seed
     with its 95% confidence interval; questions without a shared seed are left out."""
-    measurements = board.keep_epochs(board.read_results_csv(path, LABELS), epochs, str(path))
+    measurements = board.keep_epochs(board_rows.read_results_csv(path, LABELS), epochs, str(path))
     settings = board.build_settings(measurements)
     diffs = board.question_differences(settings, questions)
-    return board.settings_table(settings) + "\n\n" + board.differences_table(diffs, settings)
+    return board_format.settings_table(settings) + "\n\n" + board_format.differences_table(diffs, settings)
 
 
 def main():

@@ -10,7 +10,8 @@ import pytest
 from tests.analysis.conftest import REPO_ROOT
 
 SOURCES = sorted((REPO_ROOT / "src" / "ltcl" / "analysis").glob("*.py")) + [
-    REPO_ROOT / "src" / "ltcl" / "cli" / "analyses.py"
+    REPO_ROOT / "src" / "ltcl" / "cli" / "analyses.py",
+    REPO_ROOT / "src" / "ltcl" / "cli" / "compare.py",
 ]
 
 

@@ -23,7 +23,8 @@ from ltcl.decouple.disalign import DisAlignSection, DistributionAlignment
 from ltcl.decouple.lws import LearnableWeightScaling, LWSSection
 from ltcl.decouple.mislas import MiSLASSection, MiSLASStageTwo
 from ltcl.decouple.ncm import class_means
-from ltcl.decouple.run import build_optimizer, split_overrides, train_epoch
+from ltcl.decouple.run import split_overrides
+from ltcl.decouple.stage import build_optimizer, train_epoch
 from ltcl.decouple.tau_norm import TauNormalization, TauNormSection, tau_normalized
 from ltcl.engine.evaluate import accuracy_from_counts
 from ltcl.losses.grw import GeneralizedReweightedCE

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ltcl.losses import functional as LF
-from ltcl.losses.gpaco import EMPTY, GPaCoLoss, GPaCoQueue, GPaCoWeights, gpaco_loss, initial_queue
+from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
+from ltcl.losses.gpaco_queue import EMPTY, GPaCoQueue, initial_queue
+from ltcl.losses.gpaco_terms import GPaCoWeights
 from tests.losses.rivals_reference import check_two_processes_equal_one, gpaco_reference
 
 COUNTS = [40, 15, 6, 3, 1]

@@ -18,7 +18,8 @@ from torch import nn
 
 from ltcl.config import ConfigError, LossConfig, from_dict, load_config
 from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
-from ltcl.losses.gml import ClassQueue, GMLLoss, queue_segments
+from ltcl.losses.gml import GMLLoss
+from ltcl.losses.gml_queue import ClassQueue, queue_segments
 from ltcl.methods import ObjectiveSetup, StepRecord, resolve_config
 from ltcl.methods.gml import GML, GMLSection
 from ltcl.models.heads import CosineClassifier, ProjectionHead

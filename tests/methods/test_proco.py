@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ltcl.config import LossConfig, load_config
 from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
-from ltcl.losses.proco import ProCoLoss, bessel_log_term, bessel_ratio, proco_logits, vmf_log_normalizer
+from ltcl.losses.proco import ProCoLoss, proco_logits
+from ltcl.losses.proco_bessel import bessel_log_term, bessel_ratio, vmf_log_normalizer
 from ltcl.methods import resolve_config
 from ltcl.methods.base import ObjectiveSetup, StepRecord
 from ltcl.methods.proco import ProCo, ProCoSection

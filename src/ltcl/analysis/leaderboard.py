@@ -1,21 +1,25 @@
 """The leaderboard of ``ltcl compare``: settings over distinct seeds, and paired differences with confidence intervals.
 
-A :class:`Measurement` is one trained run: a row of a results csv (``benchmarks/results/cifar10_lt_ablation.csv``,
-read by :func:`read_results_csv`) or a run directory (``ltcl.analysis.tables.run_measurements``). Measurements of one
-setting and one schedule form a :class:`Setting`; its numbers are the mean and sample standard deviation over its
-*distinct* seeds, where the value of a seed that ran more than once is the mean of its runs (a seed is one draw of
-the data order, augmentation and initial weights; two runs of it are not two samples).
+A :class:`Measurement` is one trained run: a row of a results csv (``benchmarks/results/cifar10_lt_ablation.csv``, read
+by :func:`ltcl.analysis.leaderboard_rows.read_results_csv`) or a run directory
+(``ltcl.analysis.tables.run_measurements``). Measurements of one setting and one schedule form a :class:`Setting`; its
+numbers are the mean and sample standard deviation over its *distinct* seeds, where the value of a seed that ran more
+than once is the mean of its runs (a seed is one draw of the data order, augmentation and initial weights; two runs of
+it are not two samples).
 
 A :class:`Difference` pairs two settings by seed: per shared seed, first minus second; the mean and sample std of
 those differences and the 95% confidence interval of their mean from the paired t distribution (n - 1 degrees of
 freedom), none with fewer than two shared seeds. ``ltcl compare --baseline`` asks every setting against the baseline;
-``benchmarks/cifar10_ablation.py --table`` asks its own questions. Both print :func:`settings_table` and
-:func:`differences_table`, the README's tables.
+``benchmarks/cifar10_ablation.py --table`` asks its own questions. Both print
+:func:`ltcl.analysis.leaderboard_format.settings_table` and :func:`ltcl.analysis.leaderboard_format.differences_table`,
+the README's tables.
+
+This module holds the measurements, settings and differences and their statistics; a results csv is read by
+:mod:`ltcl.analysis.leaderboard_rows`, the tables are written by :mod:`ltcl.analysis.leaderboard_format`.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -30,13 +34,8 @@ from ltcl.errors import UserError
 COLUMNS = (*ACCURACY_COLUMNS, "val_best_all")
 # Expected calibration error per shot group and overall, from the runs' eval reports (ltcl eval)
 ECE_COLUMNS = tuple(f"ece_{group}" for group in ACCURACY_COLUMNS)
-HEADERS = {c: c.capitalize() for c in ACCURACY_COLUMNS} | {"val_best_all": "All, best-on-val checkpoint"}
-HEADERS |= {f"ece_{group}": f"ECE {group.capitalize()}" for group in ACCURACY_COLUMNS}
 CONFIDENCE = 0.95
 MINUS = "−"  # the sign between the two settings of a difference's label
-# What a results csv must hold: one row per (setting, seed, epochs); label, val_best_all and seconds_per_epoch are
-# optional (ECE columns too: ece_many ... ece_all)
-REQUIRED_CSV_COLUMNS = ("setting", "seed", "epochs", *ACCURACY_COLUMNS)
 
 
 @dataclass
@@ -261,171 +260,6 @@ def question_differences(settings: list[Setting], questions: Sequence[tuple[str,
                 text = label if len(schedules) == 1 or epochs is None else f"{label}, {epochs} epochs"
                 diffs.append(difference(a, b, text))
     return diffs
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tables
-
-
-def ece_columns(settings: list[Setting]) -> list[str]:
-    """The ECE columns that some run has a number for (none when no run has an eval report)."""
-    return [c for c in ECE_COLUMNS if any(s.stats[c] is not None for s in settings)]
-
-
-def format_stat(stat: Stat | None) -> str:
-    """``52.60 ± 0.31``; a plain mean for one seed; ``n/a`` for none."""
-    if stat is None:
-        return "n/a"
-    return f"{stat.mean:.2f}" if stat.std is None else f"{stat.mean:.2f} ± {stat.std:.2f}"
-
-
-def format_paired(stat: PairedStat | None) -> str:
-    """``+0.52 ± 0.33 [-0.30, +1.34]`` (mean ± std [95% interval]); ``+0.91 [n/a]`` for one seed; ``n/a``."""
-    if stat is None:
-        return "n/a"
-    if stat.ci is None:
-        return f"{stat.mean:+.2f} [n/a]"
-    return f"{stat.mean:+.2f} ± {stat.std:.2f} [{stat.ci[0]:+.2f}, {stat.ci[1]:+.2f}]"
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = [f"| {' | '.join(header)} |", "| --- |" + " ---: |" * (len(header) - 1)]
-    return "\n".join([*lines, *(f"| {' | '.join(r)} |" for r in rows)])
-
-
-def settings_table(settings: list[Setting]) -> str:
-    """Markdown: setting, seeds, Many / Medium / Few / All, All of the best-on-val checkpoint, the ECE columns runs
-    have, s/epoch (median over the runs)."""
-    columns = [*COLUMNS, *ece_columns(settings)]
-    rows = []
-    for s in settings:
-        seconds = "n/a" if s.seconds_per_epoch is None else f"{s.seconds_per_epoch:.0f}"
-        rows.append([s.label, s.seeds_cell(), *(format_stat(s.stats[c]) for c in columns), seconds])
-    return _markdown(["setting", "seeds", *(HEADERS[c] for c in columns), "s/epoch"], rows)
-
-
-def differences_table(diffs: list[Difference], settings: list[Setting]) -> str:
-    """Markdown: difference, the shared seeds, then each column's paired difference (the ECE columns as in
-    :func:`settings_table`)."""
-    columns = [*COLUMNS, *ece_columns(settings)]
-    rows = [[d.label, ", ".join(map(str, d.seeds)), *(format_paired(d.cells[c]) for c in columns)] for d in diffs]
-    return _markdown(["difference", "shared seeds", *(HEADERS[c] for c in columns)], rows)
-
-
-SETTINGS_NOTE = (
-    "mean ± sample std over distinct seeds (a seed run twice counts once, with the mean of its runs); n/a: the "
-    "shot group has no class, or no run has the number"
-)
-DIFFERENCES_NOTE = (
-    "in points, paired by seed over the seeds both ran: mean ± sample std of the per-seed "
-    f"differences [{CONFIDENCE:.0%} confidence interval of the mean, paired t with n - 1 degrees of freedom; n/a "
-    "for one shared seed]"
-)
-
-
-def write_settings_csv(settings: list[Setting], path: Path) -> None:
-    """The settings table as CSV: the printed cells and the numbers behind them (mean, std, seeds of each column)."""
-    keys = list(dict.fromkeys(k for s in settings for k in s.params))
-    columns = [*COLUMNS, *ECE_COLUMNS]
-    header = ["setting", "name", *keys, "epochs", "seeds", "runs", "seed_list", *(HEADERS[c] for c in columns)]
-    header += [f"{c}_{part}" for c in columns for part in ("mean", "std", "n")] + ["seconds_per_epoch", "runs_from"]
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        for s in settings:
-            numbers = []
-            for c in columns:
-                stat = s.stats[c]
-                numbers += ["", "", 0] if stat is None else [_number(stat.mean), _number(stat.std), stat.n]
-            writer.writerow([
-                s.label, s.setting, *(s.params.get(k, "") for k in keys), "" if s.epochs is None else s.epochs,
-                len(s.seeds), len(s.measurements), " ".join(map(str, s.seeds)),
-                *(format_stat(s.stats[c]) for c in columns), *numbers, _number(s.seconds_per_epoch),
-                " ".join(s.sources),
-            ])  # fmt: skip
-
-
-def write_differences_csv(diffs: list[Difference], path: Path) -> None:
-    """The paired differences as CSV: the printed cells and, per column, mean, std, n and the interval."""
-    columns = [*COLUMNS, *ECE_COLUMNS]
-    header = ["difference", "first", "second", "shared_seeds", *(HEADERS[c] for c in columns)]
-    header += [f"{c}_{part}" for c in columns for part in ("mean", "std", "n", "ci_low", "ci_high")]
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        for d in diffs:
-            numbers = []
-            for c in columns:
-                stat = d.cells[c]
-                if stat is None:
-                    numbers += ["", "", 0, "", ""]
-                else:
-                    low, high = stat.ci or (None, None)
-                    numbers += [_number(stat.mean), _number(stat.std), stat.n, _number(low), _number(high)]
-            writer.writerow([
-                d.label, d.first.label, d.second.label, " ".join(map(str, d.seeds)),
-                *(format_paired(d.cells[c]) for c in columns), *numbers,
-            ])  # fmt: skip
-
-
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.6f}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The results csv
-
-
-def read_results_csv(path: str | Path, labels: dict[str, str] | None = None) -> list[Measurement]:
-    """The rows of a results csv (one per setting, seed and schedule) as measurements. A row's label is its
-    ``label`` cell, else ``labels[setting]``, else the setting name; empty cells are no number.
-
-    Raises:
-        UserError: the file is missing, lacks a required column or holds a cell that is not a number.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"Results csv {path} does not exist.")
-    with path.open(newline="") as file:
-        reader = csv.DictReader(file)
-        missing = [c for c in REQUIRED_CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path} is not a results csv: it has no column {', '.join(missing)}.")
-        rows = list(reader)
-    measurements = []
-    for line, row in enumerate(rows, 2):
-        where = f"{path}:{line}"
-        label = row.get("label") or (labels or {}).get(row["setting"]) or row["setting"]
-        values = {c: _cell(row.get(c), where, c) for c in (*COLUMNS, *ECE_COLUMNS)}
-        measurements.append(
-            Measurement(
-                setting=row["setting"],
-                label=label,
-                seed=_seed(row["seed"]),
-                values=values,
-                epochs=int(_cell(row["epochs"], where, "epochs")),
-                seconds_per_epoch=_cell(row.get("seconds_per_epoch"), where, "seconds_per_epoch"),
-                source=where,
-                tested=any(values[c] is not None for c in ACCURACY_COLUMNS),
-            )
-        )
-    return measurements
-
-
-def _cell(text: str | None, where: str, column: str) -> float | None:
-    if text is None or text.strip() == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"{where}: column {column} holds {text!r}, not a number.") from None
-
-
-def _seed(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        return text
 
 
 def keep_epochs(measurements: list[Measurement], epochs: int, source: str) -> list[Measurement]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ltcl import __version__
-from ltcl.cli import analyses, data, decouple, methods, train, use
+from ltcl.cli import analyses, compare, data, decouple, methods, train, use
 from ltcl.cli.common import run_command
 
 EPILOG = """examples:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ltcl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train, use, data, methods, analyses, decouple):
+    for module in (train, use, data, methods, analyses, compare, decouple):
         module.register(commands)
     return parser
 

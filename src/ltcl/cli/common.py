@@ -1,4 +1,5 @@
-"""What every command shares: the --set and --device options, and how failures become exit statuses.
+"""What every command shares: the --set and --device options, how failures become exit statuses, and the help
+formatter that keeps the examples of an epilog line by line.
 
 Exit statuses: 0 done; 2 a mistake the user can fix (bad key, missing file, corrupt image, refused resume),
 printed as one sentence (:class:`ltcl.errors.UserError` and missing files; any other exception is a bug in ltcl
@@ -82,3 +83,12 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions to the terminal but keeps the examples of an epilog line by line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)

@@ -17,6 +17,7 @@ training objectives that the engine itself imports. The classifiers evaluation m
 
 from ltcl.decouple import crt, disalign, lws, mislas, ncm, tau_norm  # noqa: F401  (each registers itself)
 from ltcl.decouple.base import REFITTERS, RefitSetup, Refitter, epoch_cosine, register_refitter
-from ltcl.decouple.run import DecoupleResult, decouple
+from ltcl.decouple.records import DecoupleResult
+from ltcl.decouple.run import decouple
 
 __all__ = ["REFITTERS", "DecoupleResult", "RefitSetup", "Refitter", "decouple", "epoch_cosine", "register_refitter"]

@@ -6,7 +6,7 @@ ICLR 2020: "decoupling representation and classifier"). Two kinds:
 - trained (``trains = True``: cRT, LWS, DisAlign, MiSLAS): a head trained for a few epochs with its paper's sampler,
   loss and schedule. It provides the trainable ``head`` (features -> logits), the parameter groups, the ``loss``
   and the classifier to save (``export``, a registered ``model.classifier`` kind: an affine re-fit is folded into
-  ``linear``); :mod:`ltcl.decouple.run` runs the epochs, the validation and the checkpoints.
+  ``linear``); :mod:`ltcl.decouple.stage` runs the epochs, the validation and the checkpoints.
 - closed-form (``trains = False``: tau-normalisation, NCM): ``fit(context)`` returns the classifier at once.
 
 Each re-fitter's hyperparameters are a dataclass ``Section`` (``--set decouple.<key>=value``, typed and
@@ -168,7 +168,7 @@ class Refitter:
 
     def fit(self, context: Any) -> tuple[nn.Module, dict[str, Any]]:
         """The classifier and what to record of the fit (results.json ``decouple``); see
-        :class:`ltcl.decouple.run.RefitContext` for what ``context`` offers."""
+        :class:`ltcl.decouple.context.RefitContext` for what ``context`` offers."""
         raise NotImplementedError
 
 

@@ -67,7 +67,7 @@ class TauNormalization(Refitter):
         return head
 
     def fit(self, context: Any) -> tuple[nn.Module, dict[str, Any]]:
-        from ltcl.decouple.run import write_tau_grid
+        from ltcl.decouple.records import write_tau_grid
 
         s = self.section
         if s.tau >= 0:

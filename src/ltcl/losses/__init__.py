@@ -23,12 +23,16 @@ from ltcl.losses.aligned import AlignedContrastiveLoss, inverse_frequency_weight
 from ltcl.losses.balanced_softmax import BalancedSoftmaxLoss, LogitAdjustedLoss
 from ltcl.losses.bcl import BalancedContrastiveLoss, BCLPrototypeHead, balanced_contrastive_loss
 from ltcl.losses.class_balanced import ClassBalancedLoss, class_balanced_loss, focal_terms
-from ltcl.losses.gml import ClassQueue, GMLLoss
-from ltcl.losses.gpaco import GPaCoLoss, GPaCoProjectionHead, GPaCoQueue, gpaco_loss
+from ltcl.losses.gml import GMLLoss
+from ltcl.losses.gml_queue import ClassQueue
+from ltcl.losses.gpaco import GPaCoLoss, gpaco_loss
+from ltcl.losses.gpaco_head import GPaCoProjectionHead
+from ltcl.losses.gpaco_queue import GPaCoQueue
 from ltcl.losses.kcl import KCLLoss, kcl_loss
 from ltcl.losses.lade import LADELoss, lade_loss, lade_regularizer
 from ltcl.losses.ldam import LDAMLoss, effective_number_weights, ldam_loss, ldam_margins
-from ltcl.losses.proco import ProCoLoss, bessel_log_term, bessel_ratio, proco_logits, vmf_log_normalizer
+from ltcl.losses.proco import ProCoLoss, proco_logits
+from ltcl.losses.proco_bessel import bessel_log_term, bessel_ratio, vmf_log_normalizer
 from ltcl.losses.supcon import SupConLoss
 
 __all__ = [

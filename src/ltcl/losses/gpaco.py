@@ -56,256 +56,22 @@ GPaCo/LT/moco/builder.py ``MoCo``) and the papers differ, and what is followed h
   ``eps / (C - 1)`` on each other class (the weights still sum to beta).
 - An anchor whose positive weights sum to 0 (beta = 0 and no sample positive) gives 0/0 = NaN in the code; here it
   is left out of the mean.
+
+The queue is in :mod:`ltcl.losses.gpaco_queue`, the per-anchor maths in :mod:`ltcl.losses.gpaco_terms`, the
+projection head in :mod:`ltcl.losses.gpaco_head`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltcl.dist import gather_equal_rows, gather_rows, global_mean
-from ltcl.losses.validation import (
-    anchor_rows,
-    check_class_counts,
-    check_features,
-    check_labels,
-    check_logits,
-    compute_dtype,
-    zero_with_graph,
-)
-
-QueueStart = Literal["random", "empty"]
-QUEUE_STARTS = ("random", "empty")
-EMPTY = -1  # label of a queue slot that holds no key yet (masked start)
-
-
-def _check_weights(alpha: float, beta: float, gamma: float, temperature: float, smooth: float = 0.0) -> None:
-    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-    if alpha == 0 and beta == 0:
-        raise ValueError("alpha and beta must not both be 0 (no anchor would have a positive term).")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}.")
-    if not (isinstance(smooth, (int, float)) and 0 <= smooth < 1):
-        raise ValueError(f"smooth must be a number in [0, 1), got {smooth!r}.")
-
-
-@dataclass(frozen=True)
-class GPaCoWeights:
-    """GPaCo's weights: ``alpha`` of the sample positives, ``beta`` of the own-centre positive, ``gamma`` of the
-    sample terms in the denominator, the temperature of the sample similarities and the label smoothing of the
-    centre positive. The defaults are the authors' CIFAR-100-LT values."""
-
-    alpha: float = 0.01
-    beta: float = 1.0
-    gamma: float = 1.0
-    temperature: float = 0.05
-    smooth: float = 0.0
-
-
-class GPaCoTerms(NamedTuple):
-    """Per-anchor results of :func:`gpaco_per_anchor`, each (A,).
-
-    Attributes:
-        loss: ``L_i``, 0 where the positive weights sum to 0.
-        has_positive: bool, the anchors that count in the mean.
-        centre_weight: ``beta / (beta + alpha |P(i)|)``, the share of the own-centre positive (0 without positives).
-    """
-
-    loss: Tensor
-    has_positive: Tensor
-    centre_weight: Tensor
-
-
-def gpaco_per_anchor(
-    features: Tensor,
-    labels: Tensor,
-    logits: Tensor,
-    log_prior: Tensor,
-    weights: GPaCoWeights,
-    anchors: slice | None = None,
-    queue: Tensor | None = None,
-    queue_labels: Tensor | None = None,
-) -> GPaCoTerms:
-    """Per-anchor GPaCo terms ``L_i`` (module docstring); no value checks, no host synchronisation.
-
-    Args:
-        features: (N, D) L2-normalised projections of the batch; the batch's contrast rows (all ranks' rows under
-            DDP).
-        labels: (N,) int64 labels of ``features``.
-        logits: (A, C) classifier logits of the anchors, the rows ``anchors`` of ``features``.
-        log_prior: (C,) ``log(N_j / sum_k N_k)``.
-        weights: alpha, beta, gamma, temperature and smoothing (:class:`GPaCoWeights`).
-        anchors: contiguous rows of ``features`` that are anchors (all when None).
-        queue: (K, D) keys of past batches, extra contrast rows that are never anchors (no gradient flows to them
-            unless they require one), or None.
-        queue_labels: (K,) int64 labels of ``queue``; ``EMPTY`` (-1) marks a slot without a key (left out).
-
-    Returns:
-        :class:`GPaCoTerms`.
-    """
-    start, stop = anchor_rows(anchors, features.shape[0])
-    alpha, beta, gamma = weights.alpha, weights.beta, weights.gamma
-    dtype = torch.promote_types(compute_dtype(features), compute_dtype(logits))
-    with torch.autocast(device_type=features.device.type, enabled=False):
-        z = features.to(dtype)
-        contrast, contrast_labels = z, labels
-        if queue is not None:
-            contrast = torch.cat([z, queue.to(device=z.device, dtype=dtype)])
-            contrast_labels = torch.cat([labels, queue_labels.to(labels.device)])
-        anchor_y = labels[start:stop]
-        centre = logits.to(dtype) + log_prior.to(device=logits.device, dtype=dtype)  # (A, C)
-        sim = (z[start:stop] / weights.temperature) @ contrast.T  # (A, N + K)
-        rows = torch.arange(stop - start, device=z.device)
-        positive = anchor_y[:, None] == contrast_labels[None, :]  # empty slots (-1) match no anchor
-        positive[rows, rows + start] = False
-
-        # gamma scales the sample terms of the denominator: add log(gamma) to their logits (-inf when gamma = 0);
-        # the anchor itself and the empty queue slots are out (-inf).
-        log_gamma = math.log(gamma) if gamma > 0 else -math.inf
-        minus_inf = torch.tensor(-math.inf, dtype=dtype, device=z.device)
-        out = (contrast_labels < 0)[None, :].expand_as(sim).clone()
-        out[rows, rows + start] = True
-        sample_den = torch.where(out, minus_inf, sim + log_gamma)
-        log_den = torch.logsumexp(torch.cat([centre, sample_den], dim=1), dim=1)  # (A,)
-
-        # Each positive's log-probability is (its logit - log D_i); the weights are normalised to sum to 1.
-        own = centre.gather(1, anchor_y[:, None]).squeeze(1)
-        if weights.smooth > 0:
-            eps = weights.smooth
-            other = (centre.sum(1) - own) / (centre.shape[1] - 1)
-            own = (1 - eps) * own + eps * other
-        count = positive.sum(1).to(dtype)
-        weight_sum = beta + alpha * count
-        weighted_logit = beta * own + alpha * (sim * positive).sum(1)
-        has_positive = weight_sum > 0
-        safe_sum = weight_sum.clamp(min=torch.finfo(dtype).tiny)
-        loss = log_den - weighted_logit / safe_sum
-        loss = torch.where(has_positive, loss, torch.zeros_like(loss))
-        centre_weight = torch.where(has_positive, beta / safe_sum, torch.zeros_like(safe_sum))
-    return GPaCoTerms(loss, has_positive, centre_weight)
-
-
-def initial_queue(size: int, dim: int, num_classes: int, start: QueueStart = "random", seed: int = 0):
-    """The queue's first contents: (K, D) keys and (K,) int64 labels.
-
-    ``random``: as the authors' builder (GPaCo/LT/moco/builder.py, ``torch.randn(K, dim)`` normalised along dim 0,
-    labels ``torch.randint(0, C, (K,))``), drawn from a generator seeded with ``seed`` (the same draws as the
-    global generator after ``torch.manual_seed(seed)``). The columns, not the rows, are unit vectors: each key has
-    norm about sqrt(D / K). ``empty``: zero keys labelled ``EMPTY``, left out of the loss until replaced.
-    """
-    if start not in QUEUE_STARTS:
-        raise ValueError(f"queue_start must be one of {', '.join(QUEUE_STARTS)}, got {start!r}.")
-    if start == "empty":
-        return torch.zeros(size, dim), torch.full((size,), EMPTY, dtype=torch.int64)
-    generator = torch.Generator().manual_seed(int(seed))
-    keys = F.normalize(torch.randn(size, dim, generator=generator), dim=0)
-    labels = torch.randint(0, num_classes, (size,), generator=generator)
-    return keys, labels
-
-
-class GPaCoProjectionHead(nn.Sequential):
-    """GPaCo's projection head: Linear(F, F)-ReLU-Linear(F, F)-ReLU-Linear(F, D), no BatchNorm (the authors'
-    builder turns the encoder's ``fc`` into this MLP, GPaCo/LT/moco/builder.py line 47). Maps (B, F) backbone
-    features to (B, D) projections, not normalised."""
-
-    def __init__(self, feature_dim: int, out_dim: int) -> None:
-        if feature_dim <= 0 or out_dim <= 0:
-            raise ValueError(f"GPaCoProjectionHead needs positive sizes, got {feature_dim} -> {out_dim}.")
-        super().__init__(
-            nn.Linear(feature_dim, feature_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(feature_dim, feature_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(feature_dim, out_dim),
-        )
-
-
-class GPaCoQueue(nn.Module):
-    """A first-in first-out queue of K keys and their labels (MoCo's, without the momentum encoder).
-
-    Buffers (checkpointed): ``keys`` (K, D), ``labels`` (K,) int64 (``EMPTY`` for a slot without a key),
-    ``pointer`` (the next slot to write), ``pushed`` (real keys written so far, capped at K).
-
-    Args:
-        size: K.
-        dim: D, the keys' length.
-        num_classes: C (the random start draws labels in [0, C)).
-        start: ``random`` (the authors') or ``empty`` (:func:`initial_queue`).
-        seed: seed of the random start.
-        gather_distributed: under torch.distributed, every process pushes the keys of all processes (in rank
-            order), so the queues stay identical.
-    """
-
-    def __init__(
-        self,
-        size: int,
-        dim: int,
-        num_classes: int,
-        *,
-        start: QueueStart = "random",
-        seed: int = 0,
-        gather_distributed: bool = False,
-    ) -> None:
-        super().__init__()
-        if not (isinstance(size, int) and size >= 1) or not (isinstance(dim, int) and dim >= 1):
-            raise ValueError(f"a queue needs a size >= 1 and a key length >= 1, got size {size!r}, dim {dim!r}.")
-        keys, labels = initial_queue(size, dim, num_classes, start, seed)
-        self.size, self.start, self.gather_distributed = size, start, bool(gather_distributed)
-        self.register_buffer("keys", keys)
-        self.register_buffer("labels", labels)
-        self.register_buffer("pointer", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("pushed", torch.zeros((), dtype=torch.int64))
-
-    def extra_repr(self) -> str:
-        return f"size={self.size}, dim={self.keys.shape[1]}, start={self.start}"
-
-    @torch.no_grad()
-    def push(self, keys: Tensor, labels: Tensor) -> None:
-        """Writes ``keys`` (n, D) and ``labels`` (n,) over the oldest slots (every process's rows under
-        ``gather_distributed``: each process must pass the same n). No host synchronisation."""
-        if keys.dim() != 2 or keys.shape[1] != self.keys.shape[1] or labels.shape != keys.shape[:1]:
-            raise ValueError(
-                f"push expects keys (n, {self.keys.shape[1]}) and labels (n,), got {tuple(keys.shape)} and "
-                f"{tuple(labels.shape)}."
-            )
-        keys, labels = keys.detach(), labels.detach()
-        if self.gather_distributed:
-            keys, labels = gather_equal_rows(keys), gather_equal_rows(labels)
-        total = keys.shape[0]
-        kept = min(total, self.size)  # a batch larger than the queue leaves only its last K keys
-        slots = (self.pointer + (total - kept) + torch.arange(kept, device=self.pointer.device)) % self.size
-        self.keys.index_copy_(0, slots, keys[total - kept :].to(self.keys.dtype))
-        self.labels.index_copy_(0, slots, labels[total - kept :].to(self.labels.device))
-        self.pointer.copy_((self.pointer + total) % self.size)
-        self.pushed.copy_(torch.clamp(self.pushed + total, max=self.size))
-
-    def fill(self) -> Tensor:
-        """Share of the slots that hold a key of a real batch (the random start's keys do not count)."""
-        return self.pushed.to(torch.float64) / self.size
-
-
-def _check_queue(queue: Tensor | None, queue_labels: Tensor | None, dim: int, num_classes: int) -> None:
-    if (queue is None) != (queue_labels is None):
-        raise ValueError("queue and queue_labels go together: pass both or neither.")
-    if queue is None:
-        return
-    check_features(queue, "queue")
-    if queue.shape[1] != dim:
-        raise ValueError(f"queue keys have length {queue.shape[1]} but features have {dim}.")
-    if not isinstance(queue_labels, Tensor) or queue_labels.dim() != 1 or queue_labels.dtype != torch.int64:
-        raise ValueError("queue_labels must be a 1-D torch.int64 tensor.")
-    if queue_labels.shape[0] != queue.shape[0]:
-        raise ValueError(f"queue_labels have {queue_labels.shape[0]} entries but the queue has {queue.shape[0]}.")
-    if queue_labels.numel() and not bool(((queue_labels >= EMPTY) & (queue_labels < num_classes)).all()):
-        raise ValueError(f"queue_labels must be class indices in [0, {num_classes}) or {EMPTY} for an empty slot.")
+from ltcl.dist import gather_rows, global_mean
+from ltcl.losses.gpaco_queue import GPaCoQueue, QueueStart, _check_queue
+from ltcl.losses.gpaco_terms import GPaCoWeights, _check_weights, gpaco_per_anchor
+from ltcl.losses.validation import check_class_counts, check_features, check_labels, check_logits, zero_with_graph
 
 
 def gpaco_loss(
@@ -313,7 +79,7 @@ def gpaco_loss(
     labels: Tensor,
     logits: Tensor,
     class_counts: Sequence[int] | Tensor,
-    weights: GPaCoWeights = GPaCoWeights(),
+    weights: GPaCoWeights = GPaCoWeights(),  # noqa: B008  (a frozen dataclass)
     queue: Tensor | None = None,
     queue_labels: Tensor | None = None,
 ) -> Tensor:

@@ -43,7 +43,8 @@ from torch import Tensor, nn
 from ltcl.config import ConfigError
 from ltcl.config.checks import AT_LEAST_1, MOMENTUM, NON_NEGATIVE, POSITIVE
 from ltcl.dist import distributed_world, gather_equal_rows
-from ltcl.losses.gml import ClassQueue, GMLLoss
+from ltcl.losses.gml import GMLLoss
+from ltcl.losses.gml_queue import ClassQueue
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
 from ltcl.methods.registry import register_objective
 from ltcl.models.heads import ProjectionHead

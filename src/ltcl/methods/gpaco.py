@@ -11,7 +11,7 @@ As the authors build it (dvlab-research/Parametric-Contrastive-Learning, GPaCo/L
 - The projection head is the encoder's ``fc`` made an MLP (builder line 47, ``mlp=True`` by default in every
   script): Linear(F, F)-ReLU-Linear(F, F)-ReLU-Linear(F, D), three linear layers, no BatchNorm, F the backbone's
   feature size (64 for ResNet-32, 2048 for ResNeXt-50), D ``--moco-dim``. This method owns that head
-  (:class:`ltcl.losses.gpaco.GPaCoProjectionHead`, ``loss.gpaco.dim``) and reads the backbone features; the
+  (:class:`ltcl.losses.gpaco_head.GPaCoProjectionHead`, ``loss.gpaco.dim``) and reads the backbone features; the
   network's own projection head (``model.projection_*``) is not built.
 - A queue of ``--moco-k`` keys with labels: the second view's normalised projections, detached, enqueued for the
   global batch after each step (builder lines 50-56 and 86-99). It starts with random keys and labels
@@ -38,7 +38,9 @@ import torch.nn.functional as F
 
 from ltcl.config import ConfigError
 from ltcl.config.checks import AT_LEAST_0, AT_LEAST_1, NON_NEGATIVE, check
-from ltcl.losses.gpaco import GPaCoLoss, GPaCoProjectionHead, QueueStart
+from ltcl.losses.gpaco import GPaCoLoss
+from ltcl.losses.gpaco_head import GPaCoProjectionHead
+from ltcl.losses.gpaco_queue import QueueStart
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
 from ltcl.methods.registry import register_objective
 

@@ -61,6 +61,7 @@ from ltcl.data.samplers import SAMPLERS
 from ltcl.dist import global_mean
 from ltcl.losses.kcl import KCLLoss
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
+from ltcl.methods.kcl_encoder import KeyEncoder, _evaluating, _zero_gradient, view_images
 from ltcl.methods.registry import register_objective
 
 QUERY_VIEW, KEY_VIEW = 0, 1  # 0-based: views 1 and 2 of the config
@@ -90,35 +91,6 @@ class KCLSection:
 def classifier_epochs(value: int, epochs: int) -> int:
     """The epochs of stage 2: ``value``, or for 0 a third of the run's ``epochs`` (at least 1)."""
     return value if value > 0 else max(1, round(epochs / 3))
-
-
-class KeyEncoder(nn.Module):
-    """The momentum copy of backbone and projection head: images -> L2-normalised projections, no gradient."""
-
-    def __init__(self, backbone: nn.Module, projection: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.projection = projection
-        for p in self.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return F.normalize(self.projection(self.backbone(images)), dim=1)
-
-
-def _evaluating(module: nn.Module, mode: bool = True) -> nn.Module:
-    """``module.train(mode)`` while the module is frozen: it stays in eval mode."""
-    return nn.Module.train(module, False)
-
-
-def view_images(step: StepRecord, view: int) -> Tensor:
-    """The (B, 3, H, W) images of view ``view`` (0-based) as the network saw them."""
-    b = step.batch_size
-    for images, views in zip(step.images, step.group_views):
-        if view in views:
-            j = views.index(view)
-            return images[j * b : (j + 1) * b]
-    raise ValueError(f"The step holds no images of view {view + 1} (views {step.group_views}).")
 
 
 @register_objective
@@ -310,11 +282,3 @@ def _epochs(first: int, last: int) -> str:
 
 def _norm(features: Tensor) -> Tensor:
     return features.detach().float().norm(dim=1).mean().double()
-
-
-def _zero_gradient(parameters: list[nn.Parameter]) -> Tensor | float:
-    """0 with a graph to ``parameters``: each receives an exact zero gradient (DDP expects one for every parameter
-    it averages)."""
-    if not parameters:
-        return 0.0
-    return torch.stack([p.sum().float() for p in parameters]).sum() * 0.0

@@ -17,7 +17,7 @@ What ltcl does differently from the authors' code, and why:
 
 - The Bessel function of the vMF normaliser is exact by default (``loss.proco.bessel: exact``); the code's Miller
   recurrence departs from it at large concentrations (by up to 1e-3 in the logits and 2.4% in their gradients at
-  p = 128; numbers in :mod:`ltcl.losses.proco`). ``bessel: authors`` reproduces the code's routine.
+  p = 128; numbers in :mod:`ltcl.losses.proco_bessel`). ``bessel: authors`` reproduces the code's routine.
 - The estimates are float64 (the code: float32 means; its concentrations feed a float64 Bessel routine). The
   initial means of classes not seen yet are drawn from a generator seeded by the epoch, so that every process and a
   resumed run draw the same ones (the code draws them from the global generator, unseeded by default, so the
@@ -52,7 +52,7 @@ CONTRASTED_VIEWS = (1, 2)  # views 2 and 3: ProCo's (``_, f2, f3 = torch.split(f
 class ProCoSection:
     """``loss.proco``. Defaults: LeapLabTHU/ProCo at commit af9e78e (file and line in each comment)."""
 
-    # exact | authors: the Bessel function of the vMF normaliser (ltcl.losses.proco); the code's is "authors"
+    # exact | authors: the Bessel function of the vMF normaliser (ltcl.losses.proco_bessel); the code's is "authors"
     bessel: Literal["exact", "authors"] = "exact"
     # the concentrations' ceiling: ProCo_cifar/loss/proco.py line 206, ``self.kappa[self.kappa > 1e5] = 1e5``
     max_kappa: float = field(default=1e5, metadata=POSITIVE)
