@@ -87,7 +87,8 @@ def test_a_second_sweep_retrains_nothing_and_a_lost_result_resumes_from_its_chec
     assert f"alpha=0.5_seed1: resuming from {lost / 'checkpoint_last.pt'}" in printed
     assert printed.count("skipped") == 3
     resumes = RunDir(lost).read_resumes()
-    assert len(resumes) == 1 and resumes[0]["epoch"] == 1 and resumes[0]["changed"] == {}
+    # the record names the epoch training would continue in, 1-based: after the one epoch it finished
+    assert len(resumes) == 1 and resumes[0]["epoch"] == 2 and resumes[0]["changed"] == {}
     report = (lost / "report.md").read_text()  # the final report is written again, with its plots linked
     assert all(f"![{name}]({name})" in report for name in RUN_PLOTS) and report.count("## Plots") == 1
     checkpoint = lost / "checkpoint_last.pt"
