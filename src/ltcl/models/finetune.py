@@ -7,6 +7,24 @@ Each mode is registered (``FINETUNE_MODES``, listed by ``ltcl methods``):
 - ``full``: every backbone parameter trains.
 - ``bitfit`` (Ben Zaken et al. 2022): only biases and the parameters of normalisation layers train.
 - ``lora:R``: the backbone is frozen and rank-R updates of its linear maps train (:mod:`ltcl.models.lora`).
+- ``adaptformer[:R]``, ``vpt_shallow[:N]``, ``vpt_deep[:N]``, ``ssf``: the backbone, a timm or OpenCLIP vision
+  transformer, is frozen and adapters added to it train (:mod:`ltcl.models.adapters`); without ``:R`` / ``:N``
+  they take LIFT's defaults (AdaptFormer's bottleneck R = 2^int(log2(C / (2 * depth))) for C classes; N = 10).
+
+What trains in the backbone of timm ``vit_base_patch16_224`` (random init, 1000 classes: AdaptFormer's R = 32),
+from ``python benchmarks/finetune_param_counts.py``; the heads train in every mode and are not counted:
+
+=============== =========== ======================== =======
+model.finetune  trains      of (backbone + adapters) share
+=============== =========== ======================== =======
+full            85,798,656  85,798,656               100%
+bitfit          122,112     85,798,656               0.142%
+lora:8          1,179,648   86,978,304               1.356%
+adaptformer     617,868     86,416,524               0.715%
+vpt_shallow:10  7,680       85,806,336               0.009%
+vpt_deep:10     92,160      85,890,816               0.107%
+ssf             202,752     86,001,408               0.236%
+=============== =========== ======================== =======
 
 ``model.trainable`` prefixes then restrict the backbone further: a backbone parameter trains only when the
 mode allows it and a prefix matches it. Frozen BatchNorm layers keep their running statistics (see
