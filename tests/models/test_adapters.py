@@ -275,6 +275,15 @@ def test_an_adapter_on_a_conv_net_is_refused_in_one_sentence_and_changes_nothing
     assert [n for n, _ in net.named_parameters()] == names and all(p.requires_grad for p in net.parameters())
 
 
+def test_ssf_on_an_attention_without_biases_is_refused_before_anything_changes():
+    net, cfg = network("open_clip", "ssf", adapt=False)
+    net.backbone.transformer.resblocks[0].attn.out_proj.register_parameter("bias", None)
+    with pytest.raises(ValueError, match="ssf folds.*no biases") as info:
+        apply_finetune(net, cfg)
+    assert len(str(info.value).splitlines()) == 1
+    assert not any(isinstance(m, ScaleShift) for m in net.modules()) and all(p.requires_grad for p in net.parameters())
+
+
 def test_adapting_twice_is_refused():
     net, cfg = network("timm", "ssf")
     with pytest.raises(ValueError, match="adapters already"):

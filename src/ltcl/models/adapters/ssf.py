@@ -75,8 +75,6 @@ def _fold(attention: nn.MultiheadAttention, weight: str, bias: str, name: str) -
     owner_w, _, attr_w = weight.rpartition(".")
     owner_b, _, attr_b = bias.rpartition(".")
     w_module, b_module = attention.get_submodule(owner_w), attention.get_submodule(owner_b)
-    if getattr(b_module, attr_b) is None:
-        raise UserError("model.finetune ssf shifts the attention projections' biases, and this attention has none.")
     ssf = ScaleShift(getattr(w_module, attr_w).shape[0], factory(attention))
     attention.add_module(name, ssf)
     parametrize.register_parametrization(w_module, attr_w, _FoldedScale(ssf))
@@ -99,14 +97,23 @@ def add_ssf(backbone: nn.Module) -> list[str]:
         The names (relative to ``backbone``) of the scales and shifts.
 
     Raises:
-        UserError: not a vision transformer, or adapted already.
+        UserError: not a vision transformer, adapted already, or an ``nn.MultiheadAttention`` without the packed
+            projection or the biases that the folding needs (the backbone is then left as it was).
     """
     parts = unadapted_vit(backbone, "ssf")
+    plan = []  # (hooked sites, folded attentions) per block; everything is checked before anything changes
     for block in parts.blocks:
         attentions = [m for m in block.modules() if isinstance(m, nn.MultiheadAttention)]
+        if any(a.in_proj_weight is None or a.in_proj_bias is None or a.out_proj.bias is None for a in attentions):
+            raise UserError(
+                "model.finetune ssf folds its scales and shifts into the packed q/k/v projection and the biases of "
+                "nn.MultiheadAttention, and this backbone's attention has separate projections or no biases."
+            )
         inside_attention = {id(m) for a in attentions for m in a.modules()}
         sites = [getattr(block, parts.norm1), getattr(block, parts.norm2)]
         sites += [m for m in block.modules() if isinstance(m, nn.Linear) and id(m) not in inside_attention]
+        plan.append((sites, attentions))
+    for sites, attentions in plan:
         for site in sites:
             site.add_module(ATTRIBUTE, ScaleShift(_channels(site), factory(site)))
             site.register_forward_hook(_scale_shift_output)
