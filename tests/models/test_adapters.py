@@ -354,3 +354,13 @@ def test_a_tiny_vit_trains_and_resumes_in_each_adapter_mode(tmp_path, finetune, 
         monkeypatch.setenv(name, value)
     # the resumed run's reported test accuracy is that of its saved model, adapters and all
     assert_reported(json.loads((run / "results.json").read_text())["test"], evaluated_again(run / "checkpoint_last.pt"))
+
+
+def test_an_adapter_on_a_conv_net_stops_ltcl_train_with_one_sentence(tmp_path):
+    from tests.engine.test_run_never_lies import DIGITS, ltcl, one_sentence, sets
+
+    proc = ltcl("train", "-c", DIGITS, *sets(*ONE_EPOCH, "model.backbone=resnet8", "model.finetune=vpt_deep:4",
+                                             f"train.output_dir={tmp_path}"))  # fmt: skip
+    assert proc.returncode == 2 and "vpt_deep:4 adapts the pre-norm blocks of a vision transformer" in one_sentence(
+        proc.stderr
+    )
