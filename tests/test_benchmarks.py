@@ -163,3 +163,17 @@ def test_the_ablation_table_pairs_each_question_by_seed(tmp_path):
     (acl_scl,) = table_rows(out, "BS + ACL - BS + SCL, distribution-aware views")
     assert acl_scl[1:] == ["0, 1"] + no_few("+0.00 ± 1.41 [-12.71, +12.71]")
     assert not table_rows(out, "BS + ACL - BS, 4 views")
+
+
+def test_the_parameter_counts_follow_from_the_shapes_of_a_vit():
+    out = run_benchmark("finetune_param_counts.py", "--model", "vit_tiny_patch16_224", "--classes", "100")
+    d, depth = 192, 12  # ViT-Ti/16: width 192, 12 blocks, MLP 768; 100 / 24 classes per block pair: R = 4
+    cells = {r[0]: r[1:] for r in (table_rows(out, m)[0] for m in ("full", "vpt_shallow:10", "vpt_deep:10", "ssf"))}
+    total = int(cells["full"][0].replace(",", ""))
+    assert cells["full"] == [f"{total:,}", f"{total:,}", "100.000%"]
+    assert cells["vpt_shallow:10"][:2] == [f"{10 * d:,}", f"{total + 10 * d:,}"]
+    assert cells["vpt_deep:10"][0] == f"{depth * 10 * d:,}"
+    # two norms, qkv, proj, fc1, fc2 per block: a scale and a shift per output channel
+    assert cells["ssf"][0] == f"{depth * 2 * (d + d + 3 * d + d + 4 * d + d):,}"
+    (adaptformer,) = table_rows(out, "adaptformer (:4)")
+    assert adaptformer[1] == f"{depth * (2 * d + (d * 4 + 4) + (4 * d + d) + 1):,}"  # LN, down, up, scale

@@ -46,10 +46,7 @@ def registered(plugins: list[str]) -> dict[str, list[dict]]:
     ]
     samplers = [{"name": name, "paper": p.paper} for name, p in SAMPLERS.items()]
     classifiers = [{"name": name, "paper": k.paper} for name, k in CLASSIFIERS.items()]
-    modes = [
-        {"name": name + (f":{m.argument.split()[-1]}" if m.argument else ""), "paper": m.paper}
-        for name, m in FINETUNE_MODES.items()
-    ]
+    modes = [{"name": m.usage, "paper": m.paper} for _, m in FINETUNE_MODES.items()]
     refitters = [
         {
             "name": name,

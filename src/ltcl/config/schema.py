@@ -105,7 +105,7 @@ class ModelConfig:
     pretrained: bool | str = False
     weights: str = ""  # local .pth or .safetensors file with backbone weights (never downloaded)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm / open_clip, e.g. img_size
-    finetune: str = "full"  # a registered fine-tuning mode: full | bitfit | lora:R (`ltcl methods` lists them)
+    finetune: str = "full"  # full | bitfit | lora:R | adaptformer | vpt_shallow:N | vpt_deep:N | ssf (`ltcl methods`)
     # LoRA scaling numerator (0: equal to the rank R, a scaling of 1)
     lora_alpha: float = field(default=0.0, metadata=NON_NEGATIVE)
     zero_shot_head: bool = False  # open_clip: initialise the cosine classifier from the class names' text

@@ -7,6 +7,24 @@ Each mode is registered (``FINETUNE_MODES``, listed by ``ltcl methods``):
 - ``full``: every backbone parameter trains.
 - ``bitfit`` (Ben Zaken et al. 2022): only biases and the parameters of normalisation layers train.
 - ``lora:R``: the backbone is frozen and rank-R updates of its linear maps train (:mod:`ltcl.models.lora`).
+- ``adaptformer[:R]``, ``vpt_shallow[:N]``, ``vpt_deep[:N]``, ``ssf``: the backbone, a timm or OpenCLIP vision
+  transformer, is frozen and adapters added to it train (:mod:`ltcl.models.adapters`); without ``:R`` / ``:N``
+  they take LIFT's defaults (AdaptFormer's bottleneck R = 2^int(log2(C / (2 * depth))) for C classes; N = 10).
+
+What trains in the backbone of timm ``vit_base_patch16_224`` (random init, 1000 classes: AdaptFormer's R = 32),
+from ``python benchmarks/finetune_param_counts.py``; the heads train in every mode and are not counted:
+
+=============== =========== ======================== =======
+model.finetune  trains      of (backbone + adapters) share
+=============== =========== ======================== =======
+full            85,798,656  85,798,656               100%
+bitfit          122,112     85,798,656               0.142%
+lora:8          1,179,648   86,978,304               1.356%
+adaptformer     617,868     86,416,524               0.715%
+vpt_shallow:10  7,680       85,806,336               0.009%
+vpt_deep:10     92,160      85,890,816               0.107%
+ssf             202,752     86,001,408               0.236%
+=============== =========== ======================== =======
 
 ``model.trainable`` prefixes then restrict the backbone further: a backbone parameter trains only when the
 mode allows it and a prefix matches it. Frozen BatchNorm layers keep their running statistics (see
@@ -23,6 +41,7 @@ from torch import nn
 
 from ltcl.config import ModelConfig
 from ltcl.errors import UserError
+from ltcl.models.adapters import LIFT_LENGTH, add_adaptformer, add_ssf, add_vpt, lift_bottleneck
 from ltcl.models.lora import add_lora
 from ltcl.registry import Registry
 
@@ -50,12 +69,22 @@ class FinetuneMode:
             parameters to the backbone first (LoRA's factors).
         argument: what ``:N`` means ("" when the mode takes none), e.g. "rank R" (its last word is the letter).
         paper: where the mode comes from.
+        default: ``(backbone, num_classes) -> N``, the argument when ``:N`` is left out; None: it must be given.
     """
 
     name: str
     select: Callable[[nn.Module, int, ModelConfig], set[str]]
     argument: str = ""
     paper: str = ""
+    default: Callable[[nn.Module, int], int] | None = None
+
+    @property
+    def usage(self) -> str:
+        """How the mode is written: "full", "lora:R", "adaptformer[:R]" (an optional argument)."""
+        if not self.argument:
+            return self.name
+        letter = self.argument.split()[-1]
+        return f"{self.name}[:{letter}]" if self.default else f"{self.name}:{letter}"
 
 
 FINETUNE_MODES: Registry[FinetuneMode] = Registry("fine-tuning mode", "model.finetune")
@@ -66,7 +95,8 @@ def register_finetune_mode(mode: FinetuneMode) -> FinetuneMode:
 
 
 def parse_finetune(value: str) -> tuple[FinetuneMode, int]:
-    """``"full"`` -> (full, 0), ``"lora:8"`` -> (lora, 8): the registered mode and its argument.
+    """``"full"`` -> (full, 0), ``"lora:8"`` -> (lora, 8): the registered mode and its argument (0 when an
+    optional argument is left out: ``"adaptformer"`` -> (adaptformer, 0); :func:`apply_finetune` fills it in).
 
     Raises:
         UserError: an unknown mode, or a missing, extra or non-positive argument.
@@ -75,6 +105,8 @@ def parse_finetune(value: str) -> tuple[FinetuneMode, int]:
     if name not in FINETUNE_MODES:
         raise UserError(FINETUNE_MODES.unknown(value))
     mode = FINETUNE_MODES.get(name)
+    if mode.argument and mode.default and not colon:
+        return mode, 0
     if mode.argument and not (argument.isdigit() and int(argument) >= 1):
         letter = mode.argument.split()[-1]
         raise UserError(f"model.finetune {name}:{letter} takes a {mode.argument} >= 1, got '{value}'.")
@@ -117,19 +149,23 @@ def apply_finetune(model: nn.Module, model_cfg: ModelConfig) -> ParameterCounts:
     accepted even when the network has no projection head: heads train anyway.
 
     Args:
-        model: a :class:`~ltcl.models.network.LongTailNetwork` (anything with a ``backbone`` attribute).
+        model: a :class:`~ltcl.models.network.LongTailNetwork` (anything with a ``backbone`` attribute; a
+            ``num_classes`` attribute sets the default of a mode whose argument depends on it).
         model_cfg: reads ``finetune``, ``lora_alpha`` and ``trainable``.
 
     Returns:
-        Trainable and total parameter elements (LoRA factors included).
+        Trainable and total parameter elements (LoRA factors and adapters included).
 
     Raises:
-        UserError: a bad mode, LoRA on a backbone without linear layers, a prefix matching nothing.
+        UserError: a bad mode, LoRA on a backbone without linear layers, an adapter on a backbone that is not a
+            vision transformer, a prefix matching nothing.
     """
     mode, argument = parse_finetune(model_cfg.finetune)
     prefixes = list(model_cfg.trainable)
     # Everything is checked before anything changes, so a refused call leaves the model as it was.
     _check_prefixes(list(model.named_parameters()), prefixes, HEADS)
+    if argument == 0 and mode.default is not None:
+        argument = mode.default(model.backbone, int(getattr(model, "num_classes", 0)))
     allowed = mode.select(model.backbone, argument, model_cfg)
     for name, param in model.named_parameters():
         if not name.startswith("backbone."):
@@ -161,5 +197,33 @@ register_finetune_mode(
         lambda backbone, rank, cfg: set(add_lora(backbone, rank, cfg.lora_alpha or float(rank))),
         argument="rank R",
         paper="Hu et al., ICLR 2022 (rank-R updates of every linear map)",
+    )
+)
+register_finetune_mode(
+    FinetuneMode(
+        "adaptformer",
+        lambda backbone, width, _: set(add_adaptformer(backbone, width)),
+        argument="bottleneck width R",
+        paper="Chen et al., NeurIPS 2022 (a bottleneck MLP beside each ViT block's MLP; R as LIFT: "
+        "2^int(log2(C / (2 * depth))))",
+        default=lift_bottleneck,
+    )
+)
+for _deep in (False, True):
+    register_finetune_mode(
+        FinetuneMode(
+            f"vpt_{'deep' if _deep else 'shallow'}",
+            lambda backbone, count, _, deep=_deep: set(add_vpt(backbone, count, deep)),
+            argument="prompt count N",
+            paper=f"Jia et al., ECCV 2022 (N learnable prompt tokens "
+            f"{'at every ViT block' if _deep else 'at the ViT input'}; N = {LIFT_LENGTH} as LIFT)",
+            default=lambda backbone, _: LIFT_LENGTH,
+        )
+    )
+register_finetune_mode(
+    FinetuneMode(
+        "ssf",
+        lambda backbone, _, __: set(add_ssf(backbone)),
+        paper="Lian et al., NeurIPS 2022 (per-channel scale and shift after each ViT block's norms and linear maps)",
     )
 )
