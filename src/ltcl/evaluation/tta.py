@@ -101,8 +101,8 @@ def crop_views(images: Tensor, crop: int, n: int) -> list[Tensor]:
 class ViewAveraged(nn.Module):
     """A network whose logits are the mean, over the ``n`` test-time views, of ``model``'s logits (before softmax).
 
-    The views go through the model one at a time, each a batch as large as the loader's, so that evaluating with
-    ten views needs no more memory than with one (LIFT too runs more than five crops one after another).
+    The views go through the model one at a time, each a batch as large as the loader's, so that ten views need
+    about the activation memory of one (LIFT too runs more than five crops one after another, trainer.py test).
 
     Args:
         model: returns a :class:`NetworkOutput` for (B, 3, crop, crop) images.
