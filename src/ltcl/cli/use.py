@@ -84,6 +84,15 @@ def register(commands) -> None:
         "forward: the training order), or sweep (R = 50, 25, 10, 5, 2 both ways, a table and a plot; ratios the "
         "split is too small for are left out and named)",
     )
+    p.add_argument(
+        "--tta",
+        type=int,
+        default=1,
+        metavar="N",
+        help="test-time augmentation as LIFT's test-time ensemble: 5 (the four corner crops and the centre crop of "
+        "the image resized 24/224 larger than the model's input) or 10 (those and their mirror images), logits "
+        "averaged; the report records N and goes to eval_SPLIT_NAME_ttaN/ (default: 1, one centre crop)",
+    )
     p.add_argument("--out", metavar="DIR", help="where to write the report (default: eval_SPLIT_NAME/ beside it)")
     p.add_argument("--json", action="store_true", help="print the whole report as one JSON object instead of a table")
     p.set_defaults(run=cmd_eval)

@@ -18,11 +18,17 @@ def _number(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _views(report: dict) -> int:
+    return (report.get("tta") or {}).get("views", 1)
+
+
 def _summary_table(report: dict) -> list[str]:
+    # the row itself names the views, so that a copied row of averaged views is not taken for a single-view one
+    label = report["split"] + (f" (TTA, {_views(report)} views)" if _views(report) > 1 else "")
     lines = [
         "| | Many | Medium | Few | All | Top-5 | NLL | ECE |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {report['split']} | {format_cell(report['many'])} | {format_cell(report['medium'])} | "
+        f"| {label} | {format_cell(report['many'])} | {format_cell(report['medium'])} | "
         f"{format_cell(report['few'])} | {format_cell(report['all'])} | {format_cell(report['top5'])} | "
         f"{_number(report['nll'], 3)} | {_number(report['ece'])} |",
     ]
@@ -109,6 +115,8 @@ def format_report(report: dict) -> str:
             f"{report['checkpoint']} (epoch {report['epoch']}), {report['images']:,} {report['split']} images, "
             f"accuracy in %"
         )
+    if _views(report) > 1:
+        lines.append(f"test-time augmentation: {_views(report)} views, {report['tta']['method']}")
     lines += _adjustment_lines(report) + _summary_table(report) + [""] + _class_lines(report)
     if report.get("test_priors") or report.get("test_priors_left_out"):
         lines += [""] + _prior_lines(report)
