@@ -79,7 +79,7 @@ def test_acl_changes_only_the_views_the_projection_and_the_loss():
         )
 
 
-@pytest.mark.parametrize("stem", ["cifar100_lt", "imagenet_lt_acl"])
+@pytest.mark.parametrize("stem", ["imagenet_lt_acl"])  # one ViT-B/16 build: the slow part (seconds)
 def test_the_network_builds_with_only_adapters_and_heads_training(stem):
     pytest.importorskip("open_clip")
     from ltcl.models import apply_finetune, build_network
@@ -94,3 +94,6 @@ def test_the_network_builds_with_only_adapters_and_heads_training(stem):
     trained = sum(p.numel() for p in backbone if p.requires_grad)
     assert 0 < trained < sum(p.numel() for p in backbone) / 50  # LIFT: well under 1% of ViT-B/16 trains
     assert all(p.requires_grad for p in model.classifier.parameters())
+    # LIFT's bottleneck for 1000 classes over 12 blocks: 2^floor(log2(1000 / 24)) = 32 (models/peft_vit.py)
+    downs = [m for name, m in model.backbone.named_modules() if name.endswith(".down")]
+    assert len(downs) == 12 and {m.out_features for m in downs} == {32}

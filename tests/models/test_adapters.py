@@ -328,17 +328,20 @@ TINY_VIT_SETS = ["model.backbone=timm/vit_tiny_patch16_224",
 
 
 @pytest.mark.parametrize("finetune", ["adaptformer", "vpt_shallow:4", "vpt_deep:4", "ssf"])
-def test_a_tiny_vit_trains_and_resumes_in_each_adapter_mode(tmp_path, finetune, monkeypatch):
-    from tests.engine.test_run_never_lies import DIGITS, ltcl, sets
+def test_a_tiny_vit_trains_and_resumes_in_each_adapter_mode(tmp_path, finetune, monkeypatch, capsys):
+    # ltcl's command line, in this process (the subprocess route is tested once, for the conv-net refusal below)
+    from ltcl.cli import main
+    from tests.engine.test_run_never_lies import DIGITS, sets
     from tests.engine.test_training import assert_reported, evaluated_again
 
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    proc = ltcl("train", "-c", DIGITS, *sets(*ONE_EPOCH, *TINY_VIT_SETS, f"model.finetune={finetune}",
-                                             f"train.output_dir={tmp_path}"), env=env)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    overrides = sets(*ONE_EPOCH, *TINY_VIT_SETS, f"model.finetune={finetune}", f"train.output_dir={tmp_path}")
+    assert main(["train", "-c", DIGITS, *overrides]) == 0
+    stdout = capsys.readouterr().out
     run = tmp_path / "digits_lt"
     facts = yaml.safe_load((run / "config.yaml").read_text())["run"]["parameters"]
-    assert f"{facts['trainable']:,} of {facts['total']:,} parameters train" in proc.stdout
+    assert f"{facts['trainable']:,} of {facts['total']:,} parameters train" in stdout
     # the header counts what trains: the adapters of this mode plus the heads, as apply_finetune gives them
     cfg = ModelConfig(**TIMM, finetune=finetune, projection_hidden=64, projection_dim=32)
     built = build_network(cfg, num_classes=10)
@@ -346,12 +349,10 @@ def test_a_tiny_vit_trains_and_resumes_in_each_adapter_mode(tmp_path, finetune, 
     assert (facts["trainable"], facts["total"]) == (counts.trainable, counts.total)
     assert 0 < facts["trainable"] < facts["total"] / 10
 
-    resumed = ltcl("train", "--resume", str(run / "checkpoint_last.pt"), "--extend-epochs", "2", env=env)
-    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr
+    assert main(["train", "--resume", str(run / "checkpoint_last.pt"), "--extend-epochs", "2"]) == 0
+    assert "resumed from" in capsys.readouterr().out
     state = torch.load(run / "checkpoint_last.pt", weights_only=True)
     assert state["epoch"] == 2
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
     # the resumed run's reported test accuracy is that of its saved model, adapters and all
     assert_reported(json.loads((run / "results.json").read_text())["test"], evaluated_again(run / "checkpoint_last.pt"))
 
