@@ -66,6 +66,12 @@ def test_the_human_table_names_what_it_shows(report):
     text = format_report(report)
     for words in ("| Many | Medium | Few | All | Top-5 |", "ECE", "NLL", "ant", "forward10", "told the test prior"):
         assert words in text, words
+    # the footnote gives the formula used, with the training prior that is taken out of the logits
+    assert "told the test prior: the logits as evaluated + log(test prior)" in text  # balanced logits, as trained
+    cross_entropy = format_report({**report, "test_priors_train_weight": -1.0})
+    assert "as evaluated - 1 * log(training prior) + log(test prior)" in cross_entropy
+    adjusted = format_report({**report, "test_priors_train_weight": 0.2})  # balanced logits, --logit-adjust 0.2
+    assert "told the test prior: the logits as evaluated + 0.2 * log(training prior) + log(test prior)" in adjusted
 
 
 def test_the_confusion_figure_of_1000_classes_is_aggregated_by_shot_group(tmp_path):

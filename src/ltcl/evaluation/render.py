@@ -96,7 +96,10 @@ def _prior_lines(report: dict) -> list[str]:
             f"{format_cell(plain['few'])} | {format_cell(plain['all'])} | {format_cell(told['all'])} |"
         )
     scaled = " / T" if "calibration" in report else ""
-    lines.append(f"told the test prior: the logits as evaluated{scaled} + log(test prior)")
+    # the formula actually used: the training prior still in the evaluated logits is taken out (see priors.py)
+    weight = report.get("test_priors_train_weight", 0.0)
+    train = f" {'+' if weight > 0 else '-'} {abs(weight):g} * log(training prior)" if weight else ""
+    lines.append(f"told the test prior: the logits as evaluated{scaled}{train} + log(test prior)")
     left_out = report.get("test_priors_left_out")
     if left_out:
         lines.append(

@@ -153,6 +153,7 @@ def _shifted_priors(logits: Tensor, labels: Tensor, counts: list[int], options: 
         entries["test_priors"] = evaluate_priors(
             logits, labels, counts, priors, many=options.many, few=options.few, train_weight=weight
         )
+        entries["test_priors_train_weight"] = weight
     return entries
 
 
