@@ -48,6 +48,7 @@ from ltcl.decouple.base import REFITTERS, RefitSetup, Refitter, epoch_cosine
 from ltcl.engine.checkpoint import FORMAT_VERSION, load_checkpoint, non_finite_tensors, save_atomic
 from ltcl.engine.console import epoch_summary
 from ltcl.engine.distributed import DistributedContext, pick_device
+from ltcl.engine.ema import with_averages
 from ltcl.engine.evaluate import (
     EvalResult,
     accuracy_from_counts,
@@ -335,10 +336,11 @@ def _stage_views(views, section):
 
 def _frozen_model(cfg: Config, source: dict, counts: list[int], device: torch.device, path: Path) -> nn.Module:
     model, _ = build_model(cfg, len(counts), device, class_names=source["class_names"], load_weights=False)
-    broken = non_finite_tensors(source["model"])
+    weights = with_averages(source["model"], source.get("ema"))  # the weights the run evaluated (train.ema_decay)
+    broken = non_finite_tensors(weights)
     if broken:
         raise BrokenModel(f"Checkpoint {path} holds NaN or inf weights ({broken[0]} ...): nothing to re-fit.")
-    model.load_state_dict(source["model"])
+    model.load_state_dict(weights)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
