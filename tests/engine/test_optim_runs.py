@@ -4,13 +4,16 @@ the same weights and the same average, and ``ltcl eval`` scores the average."""
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
 from tests.engine.test_foundation_backbones import OFFLINE, TINY_VIT
-from tests.engine.test_run_never_lies import DIGITS, ltcl, one_sentence, sets
+from tests.engine.test_run_never_lies import DIGITS, REPO, ltcl, one_sentence, sets
 
 FINE_TUNING = [
     "optim.name=adamw",
@@ -139,3 +142,31 @@ def test_a_tiny_vit_fine_tunes_with_adamw(tmp_path):
 def test_bad_settings_stop_with_one_sentence(tmp_path, override, phrase):
     proc = ltcl("train", "-c", DIGITS, *sets(*RUN, override, f"train.output_dir={tmp_path}"))
     assert proc.returncode == 2 and phrase in one_sentence(proc.stderr)
+
+
+def test_two_processes_accumulating_equal_one_process(tmp_path):
+    # Each process splits its half of the batch into micro-batches and DDP averages the gradients once, at the
+    # last: with a per-image loss (bs) and frozen BatchNorm (a frozen backbone keeps its statistics) the run equals
+    # one process with the same global batch; clipping and the EMA then act on identical averaged gradients.
+    common = [
+        *RUN,
+        "optim.epochs=1",
+        "optim.warmup_epochs=0",
+        "data.batch_size=16",
+        "loss.objective=bs",
+        "model.trainable=classifier",
+        "data.val_per_class=0",
+    ]
+    ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'one'}"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "ltcl.cli",
+         "train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'two'}")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one, two = checkpoint(tmp_path / "one" / "digits_lt"), checkpoint(tmp_path / "two" / "digits_lt")
+    for key in one["model"]:
+        torch.testing.assert_close(two["model"][key], one["model"][key], rtol=1e-4, atol=1e-6, msg=key)
+    for key, value in one["ema"]["averages"].items():
+        torch.testing.assert_close(two["ema"]["averages"][key], value, rtol=1e-4, atol=1e-6, msg=key)
