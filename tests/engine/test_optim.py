@@ -293,3 +293,21 @@ def test_bad_values_are_one_sentence(key, value, phrase):
     with pytest.raises(ConfigError) as err:
         validate(from_dict(values))
     assert phrase in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.01])
+def test_fused_adamw_under_a_gradient_scaler_steps_as_without_it(clip):
+    # The fused kernel unscales in place when nothing was unscaled before it, and must not unscale again after
+    # clipping's unscale_: either mistake moves the weights by a factor of the scale.
+    weights = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**16)):
+        state = state_for(config(name="adamw", eps=1e-3, clip_grad_norm=clip, accumulate_steps=2), scaler)
+        start = [p.detach().clone() for p in state.trainable]
+        for seed in (1, 2):
+            batch, _, _ = a_batch(seed=seed)
+            training_step(state, batch)
+            state.global_step += 1
+        weights.append([p.detach().clone() for p in state.trainable])
+    assert all(not torch.equal(a, b) for a, b in zip(start, weights[1]))  # every parameter moved
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
