@@ -116,16 +116,14 @@ def training_step(state: TrainState, batch: MultiViewBatch, second: MultiViewBat
     and the moving average of the weights follows (``train.ema_decay``).
     """
     cfg, device = state.cfg, state.ctx.device
-    batches = [b.to(device, non_blocking=True) for b in (batch, second) if b is not None]
-    if cfg.train.channels_last:
-        for b in batches:
-            b.groups = [g.contiguous(memory_format=torch.channels_last) for g in b.groups]
-    batch, second = batches[0], (batches[1] if second is not None else None)
-    set_learning_rates(state.optimizer, learning_rate(cfg.optim, state.global_step, state.steps_per_epoch))
     parts = cfg.optim.accumulate_steps
-    micro = micro_batches(batch, parts)
-    seconds = micro_batches(second, parts) if second is not None else [None] * parts
     b_total = batch.batch_size
+    micro = micro_batches(batch.to(device, non_blocking=True), parts)
+    seconds = micro_batches(second.to(device, non_blocking=True), parts) if second is not None else [None] * parts
+    if cfg.train.channels_last:  # after the split: slicing the images of a batch makes new, contiguous tensors
+        for part in [*micro, *(s for s in seconds if s is not None)]:
+            part.groups = [g.contiguous(memory_format=torch.channels_last) for g in part.groups]
+    set_learning_rates(state.optimizer, learning_rate(cfg.optim, state.global_step, state.steps_per_epoch))
     state.optimizer.zero_grad(set_to_none=True)
     values = correct = None
     for i, (mb, ms) in enumerate(zip(micro, seconds)):
