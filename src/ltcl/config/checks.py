@@ -34,6 +34,10 @@ NON_NEGATIVE = check(lambda v: _number(v) and math.isfinite(v) and v >= 0, "a fi
 AT_LEAST_1 = check(lambda v: v >= 1, "an integer >= 1")
 AT_LEAST_0 = check(lambda v: v >= 0, "an integer >= 0")
 MOMENTUM = check(lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
+UNIT_INTERVAL = check(lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
+BETAS = check(
+    lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1), e.g. [0.9, 0.999]"
+)
 EACH_AT_LEAST_0 = check(lambda v: all(x >= 0 for x in v), "integers >= 0")
 EACH_AT_LEAST_1 = check(lambda v: all(x >= 1 for x in v), "integers >= 1")
 NOT_EMPTY = check(lambda v: len(v) > 0, "at least one entry")
@@ -81,6 +85,11 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"optim.warmup_epochs must be between 0 and optim.epochs, got {optim.warmup_epochs}.")
     if sorted(optim.milestones) != list(optim.milestones):
         raise ConfigError(f"optim.milestones must be increasing, got {optim.milestones}.")
+    if cfg.data.batch_size % optim.accumulate_steps:
+        raise ConfigError(
+            f"optim.accumulate_steps {optim.accumulate_steps} must divide data.batch_size {cfg.data.batch_size} "
+            "(the images of one optimisation step, split into that many equal micro-batches)."
+        )
     for key in ("sizes", "presets"):
         if len(getattr(views, key)) > views.num_views:
             raise ConfigError(

@@ -13,12 +13,14 @@ from typing import Any, Literal
 from ltcl.config.checks import (
     AT_LEAST_0,
     AT_LEAST_1,
+    BETAS,
     EACH_AT_LEAST_0,
     EACH_AT_LEAST_1,
     MOMENTUM,
     NON_NEGATIVE,
     NOT_EMPTY,
     POSITIVE,
+    UNIT_INTERVAL,
     check,
 )
 
@@ -32,6 +34,8 @@ CutoutFill = Literal["mean", "black"]
 Schedule = Literal["step", "cosine"]
 Device = Literal["auto", "cpu", "cuda"]
 Amp = Literal["auto", "none", "bf16", "fp16"]
+OptimizerName = Literal["sgd", "adamw"]
+WeightDecayOn = Literal["auto", "all", "weights_only"]
 
 
 @dataclass
@@ -139,18 +143,40 @@ class LossConfig:
     alpha: float = field(default=0.1, metadata=NON_NEGATIVE)  # weight of the contrastive term
     temperature: float = field(default=0.05, metadata=POSITIVE)  # tau of the contrastive similarities
     cls_weight: float = field(default=1.0, metadata=NON_NEGATIVE)  # weight of the classification term
+    # epsilon of the classification term's target, (1 - eps) one-hot + eps / C uniform, on the logits the loss sees
+    # (adjusted ones for bs / la), as torch's CrossEntropyLoss(label_smoothing=eps) (Szegedy et al., CVPR 2016,
+    # Sec. 7); ce, bs and la take it. 0: off
+    label_smoothing: float = field(default=0.0, metadata=UNIT_INTERVAL)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"inline_sections": True})
 
 
 @dataclass
 class OptimConfig:
-    """SGD with linear warm-up, then step or cosine decay (per epoch fraction)."""
+    """The optimiser (SGD or AdamW) with linear warm-up, then step or cosine decay (per epoch fraction)."""
 
+    # sgd: the paper's ResNet recipes | adamw: decoupled weight decay (Loshchilov & Hutter, ICLR 2019), the usual
+    # optimiser for fine-tuning a ViT or CLIP tower (timm's fine-tuning recipes; LIFT, Shi et al., ICML 2024)
+    name: OptimizerName = "sgd"
     epochs: int = field(default=200, metadata=AT_LEAST_1)
     lr: float = field(default=0.07, metadata=POSITIVE)
-    momentum: float = field(default=0.9, metadata=MOMENTUM)
+    momentum: float = field(default=0.9, metadata=MOMENTUM)  # sgd only
     weight_decay: float = field(default=5e-4, metadata=NON_NEGATIVE)
-    nesterov: bool = False
+    # which parameters weight_decay applies to. all: every parameter (the paper's ResNet recipes and GPaCo's code
+    # decay everything) | weights_only: not normalisation parameters, biases (every parameter with ndim <= 1) nor
+    # the embeddings a module's no_weight_decay() names (timm: pos_embed, cls_token; OpenCLIP: positional_embedding,
+    # class_embedding), as timm's param_groups_weight_decay | auto: all for sgd, weights_only for adamw
+    weight_decay_on: WeightDecayOn = "auto"
+    nesterov: bool = False  # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=BETAS)  # adamw (torch's defaults)
+    eps: float = field(default=1e-8, metadata=POSITIVE)  # adamw (torch's default)
+    # learning rate of the backbone's parameters relative to optim.lr; the head (classifier, projection, the
+    # method's own modules) keeps optim.lr. Below 1 for a pretrained backbone (layer-wise decay's simplest form)
+    backbone_lr_scale: float = field(default=1.0, metadata=POSITIVE)
+    # micro-batches per optimisation step: each data.batch_size batch is split into this many parts, forwarded and
+    # backpropagated one at a time (less activation memory); batch, lr, schedule and steps per epoch are unchanged
+    accumulate_steps: int = field(default=1, metadata=AT_LEAST_1)
+    # largest L2 norm of the gradient of all trainable parameters together, after unscaling under fp16 (0: off)
+    clip_grad_norm: float = field(default=0.0, metadata=NON_NEGATIVE)
     warmup_epochs: int = field(default=10, metadata=AT_LEAST_0)
     schedule: Schedule = "step"
     milestones: list[int] = field(default_factory=lambda: [160, 180])
@@ -173,6 +199,10 @@ class TrainConfig:
     compile: bool = False
     # epochs between evaluations (the last epoch is always evaluated)
     eval_every: int = field(default=10, metadata=AT_LEAST_1)
+    # decay of an exponential moving average of the model's parameters (its buffers are the model's own), updated
+    # after every optimisation step; validation, checkpoint selection, the final table and ltcl eval use it
+    # (timm's ModelEma; 0.9998 or so for fine-tuning). 0: off
+    ema_decay: float = field(default=0.0, metadata=MOMENTUM)
     # 0: whole epochs; >0 cuts each epoch (smoke tests)
     max_steps_per_epoch: int = field(default=0, metadata=AT_LEAST_0)
     # also save checkpoint_last.pt every this many steps inside an epoch (0: off)

@@ -45,6 +45,7 @@ from ltcl.decouple.records import TAU_GRID, DecoupleResult, _final, _header, _ro
 from ltcl.decouple.stage import _train
 from ltcl.engine.checkpoint import load_checkpoint, non_finite_tensors
 from ltcl.engine.distributed import pick_device
+from ltcl.engine.ema import with_averages
 from ltcl.engine.inference import BrokenModel
 from ltcl.engine.recipe import build_model, model_views
 from ltcl.engine.resume import EVAL_MAY_CHANGE, checked_config, from_dict_values, resolved_values
@@ -238,10 +239,11 @@ def _stage_views(views, section):
 
 def _frozen_model(cfg: Config, source: dict, counts: list[int], device: torch.device, path: Path) -> nn.Module:
     model, _ = build_model(cfg, len(counts), device, class_names=source["class_names"], load_weights=False)
-    broken = non_finite_tensors(source["model"])
+    weights = with_averages(source["model"], source.get("ema"))  # the weights the run evaluated (train.ema_decay)
+    broken = non_finite_tensors(weights)
     if broken:
         raise BrokenModel(f"Checkpoint {path} holds NaN or inf weights ({broken[0]} ...): nothing to re-fit.")
-    model.load_state_dict(source["model"])
+    model.load_state_dict(weights)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()

@@ -30,7 +30,9 @@ from ltcl.errors import UserError
 # its config keys and statistics are moved to their new names, and the objective's state by the method itself.
 FORMAT_VERSION = 3
 READABLE_FORMATS = (2, 3)
-STATEFUL = ("model", "objective", "optimizer", "scaler", "progress")  # objects with state_dict()
+STATEFUL = ("model", "objective", "optimizer", "scaler", "progress", "ema")  # objects with state_dict()
+# Saved since the format-3 checkpoints that lacked them: absent on load means "none" (such a run had no EMA).
+OPTIONAL = ("ema",)
 COUNTERS = ("epoch", "batch", "global_step", "best")
 FACTS = ("config", "class_counts", "class_names")
 
@@ -69,7 +71,7 @@ class Checkpointer:
 def restore(state: TrainState, checkpoint: dict[str, Any]) -> None:
     """Loads every stateful object, the counters and the random generators of ``checkpoint`` into ``state``."""
     for name in STATEFUL:
-        obj, saved = getattr(state, name), checkpoint[name]
+        obj, saved = getattr(state, name), checkpoint.get(name) if name in OPTIONAL else checkpoint[name]
         if obj is not None and saved is not None:
             obj.load_state_dict(saved)
     for name in COUNTERS:

@@ -28,9 +28,11 @@ def header(
     processes: str,
     amp: tuple[str, str],
     steps_per_epoch: int,
+    optimizer: str = "",
 ) -> str:
     """A few lines: run directory, data, model (with its fine-tuning mode and where its weights come from),
-    objective and the key hyperparameters; then a ``note:`` line per questionable model setting."""
+    objective and the key hyperparameters (``optimizer``: the optimiser's own line, its groups, accumulation,
+    clipping and moving average); then a ``note:`` line per questionable model setting."""
     counts = data.train_counts
     groups = shot_groups(counts, many=cfg.data.many_threshold, few=cfg.data.few_threshold)
     group_sizes = " / ".join(f"{name} {int((groups == g).sum())}" for g, name in enumerate(SHOT_GROUPS))
@@ -49,8 +51,10 @@ def header(
         f"  model  {m.backbone}, finetune {m.finetune}, weights: {weights_origin(m)}; {m.classifier} classifier, "
         f"{head}; {params.trainable:,} of {params.total:,} parameters train",
         f"  loss   {objective.describe()}; {views}",
-        f"  optim  SGD lr {o.lr} ({schedule}), {o.epochs} epochs x {steps_per_epoch} steps, batch "
+        f"  optim  {'AdamW' if o.name == 'adamw' else 'SGD'} lr {o.lr} ({schedule}), {o.epochs} epochs x "
+        f"{steps_per_epoch} steps, batch "
         f"{cfg.data.batch_size}, weight decay {o.weight_decay}",
+        *([f"         {optimizer}"] if optimizer else []),
         f"  run    seed {cfg.train.seed}, amp {amp[0]} ({amp[1]}), {processes}",
         f"  eval   {evaluation_plan(cfg, data)}",
     ]
@@ -60,11 +64,13 @@ def header(
 
 def evaluation_plan(cfg: Config, data: DataBundle) -> str:
     """When each split is scored: the validation split during training (it picks the best checkpoint), the test
-    set once, at the end."""
+    set once, at the end; and on which weights (the moving average with ``train.ema_decay``)."""
     test = "test set scored once, at the end" if data.test is not None else "no test split"
+    ema = f"; every score is of the moving average of the weights (train.ema_decay {cfg.train.ema_decay})"
+    ema = ema if cfg.train.ema_decay > 0 else ""
     if data.val is None:
-        return f"no validation split: no checkpoint selection, nothing scored while training; {test}"
-    return f"val every {cfg.train.eval_every} epoch(s), best-on-val checkpoint kept; {test}"
+        return f"no validation split: no checkpoint selection, nothing scored while training; {test}{ema}"
+    return f"val every {cfg.train.eval_every} epoch(s), best-on-val checkpoint kept; {test}{ema}"
 
 
 def model_notes(m: ModelConfig) -> list[str]:

@@ -147,6 +147,12 @@ def format_table(rows: dict[str, EvalResult]) -> str:
     return "\n".join(lines)
 
 
+def evaluated_weights(state):
+    """A context in which ``state.model`` holds the weights a run evaluates and selects its best checkpoint on:
+    the moving average (``train.ema_decay``) when there is one, else the trained weights as they are."""
+    return state.ema.applied(state.model) if state.ema is not None else nullcontext()
+
+
 def evaluate_run(cfg: Config, model, loader, train_counts: Sequence[int], device: torch.device, amp: str) -> EvalResult:
     """:func:`evaluate` with the run's memory format and shot-group thresholds (``cfg``) and its precision."""
     return evaluate(

@@ -19,6 +19,7 @@ from ltcl.data.augment import build_test_transform
 from ltcl.data.datasets import IMAGE_EXTENSIONS, build_split, load_image
 from ltcl.engine.checkpoint import load_checkpoint, non_finite_tensors
 from ltcl.engine.distributed import pick_device
+from ltcl.engine.ema import with_averages
 from ltcl.engine.evaluate import EvalResult, autocast_context, evaluate_run
 from ltcl.engine.recipe import build_model, loader_options, model_views
 from ltcl.engine.resume import EVAL_MAY_CHANGE, checked_config, from_dict_values, resolved_values
@@ -64,13 +65,15 @@ def load_trained_model(
     resolved = pick_device(device, local_rank, key="--device")
     counts = list(checkpoint["class_counts"])
     model, _ = build_model(cfg, len(counts), resolved, class_names=checkpoint["class_names"], load_weights=False)
-    broken = non_finite_tensors(checkpoint["model"])
+    # A run with train.ema_decay was evaluated, and chose its best checkpoint, on the moving average: so is this.
+    weights = with_averages(checkpoint["model"], checkpoint.get("ema"))
+    broken = non_finite_tensors(weights)
     if broken:
         raise BrokenModel(
             f"Checkpoint {path} holds NaN or inf weights ({len(broken)} tensors, first "
             f"{broken[0]}): the run diverged, so no accuracy or prediction is reported for it."
         )
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(weights)
     model.eval()
     # The training precision, so that evaluating reproduces the run's own numbers (fp16 needs CUDA: auto elsewhere).
     amp, _ = resolve_amp("auto" if cfg.train.amp == "fp16" and resolved.type != "cuda" else cfg.train.amp, resolved)

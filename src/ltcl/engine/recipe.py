@@ -23,9 +23,12 @@ from ltcl.data.sampling import EpochBatchSampler, SeededDataset, ShardSampler
 from ltcl.data.views import MultiViewCollate
 from ltcl.engine.batches import SECOND_SEED, TrainBatches
 from ltcl.engine.distributed import DistributedContext
+from ltcl.engine.ema import ModelEma
 from ltcl.engine.loop import MultiViewForward
+from ltcl.engine.optim import build_optimizer
 from ltcl.engine.runtime import resolve_amp
 from ltcl.engine.state import EpochProgress, NonFiniteFlag, TrainState
+from ltcl.errors import UserError
 from ltcl.methods import build_objective, second_sampler, uses_projections
 from ltcl.models import ParameterCounts, apply_finetune, build_network, input_spec
 
@@ -75,14 +78,6 @@ def model_views(cfg: Config) -> ViewsConfig:
     v = cfg.views
     check_view_sizes(spec, cfg.model.backbone, v.sizes, v.num_views, v.test_size)
     return resolve_views(v, spec)
-
-
-def build_optimizer(cfg: Config, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD over the trainable parameters; the learning rate is set every step from the schedule."""
-    optim = cfg.optim
-    return torch.optim.SGD(
-        parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=optim.nesterov
-    )
 
 
 def available_cores() -> int:
@@ -203,10 +198,16 @@ def build_train_state(
         cfg, data.train_counts, feature_dim=model.feature_dim, gather_distributed=ctx.enabled
     ).to(ctx.device)
     objective.bind(model)
-    own = [p for p in objective.parameters() if p.requires_grad]  # trainable parts of the method (BCL's head)
-    optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad] + own)
+    own = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]  # the method's (BCL's head)
+    optimizer, groups = build_optimizer(cfg.optim, model, own)
     run = torch.compile(model) if cfg.train.compile else model
     forward: nn.Module = MultiViewForward(model, run, objective if own else None)
+    per_process = cfg.data.batch_size // ctx.world_size
+    if per_process % cfg.optim.accumulate_steps:
+        raise UserError(
+            f"optim.accumulate_steps {cfg.optim.accumulate_steps} must divide the batch of each process "
+            f"({per_process} = data.batch_size {cfg.data.batch_size} / {ctx.world_size} processes)."
+        )
     if ctx.enabled:
         forward = nn.parallel.DistributedDataParallel(
             forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
@@ -215,4 +216,8 @@ def build_train_state(
     progress = EpochProgress.empty(objective.stat_names, data.num_classes, ctx.device)
     state = TrainState(cfg, ctx, model, forward, objective, optimizer, scaler, progress, amp[0], steps_per_epoch)
     state.nonfinite = NonFiniteFlag.create(1 + len(objective.stat_names), ctx.device)
+    state.trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    state.optimizer_groups = groups
+    if cfg.train.ema_decay > 0:
+        state.ema = ModelEma(model, cfg.train.ema_decay)  # of the unwrapped model, from the starting weights
     return state, params, amp

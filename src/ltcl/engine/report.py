@@ -16,7 +16,7 @@ from ltcl import __version__
 from ltcl.data.build import DataBundle
 from ltcl.dist import barrier
 from ltcl.engine.checkpoint import load_checkpoint
-from ltcl.engine.evaluate import EvalResult, evaluate_run, format_cell, format_table
+from ltcl.engine.evaluate import EvalResult, evaluate_run, evaluated_weights, format_cell, format_table
 from ltcl.engine.rundir import RunDir
 from ltcl.engine.state import TrainState
 
@@ -64,7 +64,8 @@ def final_report(
     epochs = cfg.optim.epochs
 
     def run_eval(loader) -> EvalResult:
-        return evaluate_run(cfg, state.model, loader, data.train_counts, state.ctx.device, state.amp)
+        with evaluated_weights(state):  # the moving average when train.ema_decay is on
+            return evaluate_run(cfg, state.model, loader, data.train_counts, state.ctx.device, state.amp)
 
     rows: dict[str, EvalResult] = {}
     last_val = None
@@ -84,7 +85,10 @@ def final_report(
             best_val, best_test = last_val, test
         else:
             barrier()  # rank 0 wrote the file; every rank reads it (multi-node runs need a shared train.output_dir)
-            state.model.load_state_dict(load_checkpoint(run_dir.best_checkpoint)["model"])
+            best = load_checkpoint(run_dir.best_checkpoint)
+            state.model.load_state_dict(best["model"])
+            if state.ema is not None:
+                state.ema.load_state_dict(best["ema"])
             best_val = run_eval(val_loader)
             best_test = None if test_loader is None else run_eval(test_loader)
         rows[f"val (best on val, epoch {best_epoch})"] = best_val

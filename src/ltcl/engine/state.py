@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from ltcl.config import Config
 from ltcl.dist import all_reduce_sum, distributed_world
 from ltcl.engine.distributed import DistributedContext
+from ltcl.engine.ema import ModelEma
+from ltcl.engine.optim import GroupSpec
 
 # The metrics rows of checkpoints written before the statistics had names (format 2).
 LEGACY_PROGRESS_NAMES = ("loss", "loss_cls", "loss_con", "correct", "images")
@@ -132,8 +134,8 @@ class NonFiniteFlag:
 class TrainState:
     """Everything one optimisation step reads or changes.
 
-    The stateful objects (``model``, ``objective``, ``optimizer``, ``scaler``, ``progress``) and the counters are
-    exactly what a checkpoint stores, under the same names (see :mod:`ltcl.engine.checkpoint`).
+    The stateful objects (``model``, ``objective``, ``optimizer``, ``scaler``, ``progress``, ``ema``) and the
+    counters are exactly what a checkpoint stores, under the same names (see :mod:`ltcl.engine.checkpoint`).
 
     Attributes:
         epoch: epochs completed; batch: batches of the next epoch completed; global_step: optimiser steps so far.
@@ -155,3 +157,6 @@ class TrainState:
     global_step: int = 0
     best: dict | None = None
     nonfinite: NonFiniteFlag | None = field(default=None)
+    ema: ModelEma | None = None  # the moving average of the weights (train.ema_decay), saved under "ema"
+    trainable: list[nn.Parameter] = field(default_factory=list)  # what the optimiser updates (and clipping sees)
+    optimizer_groups: list[GroupSpec] = field(default_factory=list)  # what each optimiser group is (run header)

@@ -21,11 +21,12 @@ from ltcl.dist import all_reduce_sum, barrier
 from ltcl.engine import checkpoint as ckpt
 from ltcl.engine.console import epoch_summary, header
 from ltcl.engine.distributed import DistributedContext, init_distributed, shutdown
-from ltcl.engine.evaluate import EvalResult, evaluate_run
+from ltcl.engine.evaluate import EvalResult, evaluate_run, evaluated_weights
 from ltcl.engine.interrupts import InterruptGuard
 from ltcl.engine.loggers import LoggerContext, open_loggers
 from ltcl.engine.loop import train_one_epoch
 from ltcl.engine.monitor import StepMonitor, show_progress_bar
+from ltcl.engine.optim import describe_optimizer
 from ltcl.engine.recipe import build_train_state, eval_loader, loader_workers, model_views, train_batches
 from ltcl.engine.report import final_report
 from ltcl.engine.resume import ResumePlan
@@ -134,6 +135,9 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None, star
                 processes=processes,
                 amp=amp,
                 steps_per_epoch=steps,
+                optimizer=describe_optimizer(
+                    cfg.optim, state.optimizer_groups, cfg.data.batch_size, cfg.train.ema_decay
+                ),
             )
         )
         for line in ([note] if note else []) + plugin_notes + data_notes(data):
@@ -177,7 +181,8 @@ def _epochs(
             # Only the validation split is scored while training: the test set is scored once, at the end.
             due = state.epoch % cfg.train.eval_every == 0 or state.epoch == cfg.optim.epochs
             if val_loader is not None and due:
-                result = evaluate_run(cfg, state.model, val_loader, data.train_counts, ctx.device, state.amp)
+                with evaluated_weights(state):  # the moving average when train.ema_decay is on
+                    result = evaluate_run(cfg, state.model, val_loader, data.train_counts, ctx.device, state.amp)
                 row |= {"eval_split": "val", **result.as_dict()}
                 last_eval = ("val", result)
                 if state.best is None or result.all > state.best["all"]:

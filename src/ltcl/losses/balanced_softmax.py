@@ -21,11 +21,18 @@ def _check_inputs(logits: Tensor, labels: Tensor, num_classes: int) -> None:
     check_labels(labels, logits.shape[0], num_classes, sync=False)
 
 
+def _smoothing(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {value}.")
+    return float(value)
+
+
 class BalancedSoftmaxLoss(nn.Module):
     """Balanced Softmax (Ren et al. 2020): cross-entropy on ``logits + log N_j``.
 
     Args:
         class_counts: (C,) training images per class (all positive).
+        label_smoothing: eps of the smoothed target, on the adjusted logits (0: the plain loss).
 
     Inputs of ``forward(logits, labels)``:
         logits: (N, C) float, the classifier's raw outputs (the loss adds ``log N_j``).
@@ -35,14 +42,15 @@ class BalancedSoftmaxLoss(nn.Module):
     on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
-    def __init__(self, class_counts: Sequence[int] | Tensor) -> None:
+    def __init__(self, class_counts: Sequence[int] | Tensor, label_smoothing: float = 0.0) -> None:
         super().__init__()
         counts = LF.check_class_counts(class_counts)
+        self.label_smoothing = _smoothing(label_smoothing)
         self.register_buffer("log_counts", counts.log())  # float64: 4999 stays 4999 (float32 gave 4999.002)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         _check_inputs(logits, labels, self.log_counts.numel())
-        return LF.prior_adjusted_cross_entropy(logits, labels, self.log_counts)
+        return LF.prior_adjusted_cross_entropy(logits, labels, self.log_counts, self.label_smoothing)
 
 
 class LogitAdjustedLoss(nn.Module):
@@ -53,6 +61,7 @@ class LogitAdjustedLoss(nn.Module):
     Args:
         class_counts: (C,) training images per class (all positive).
         tau: strength of the adjustment.
+        label_smoothing: eps of the smoothed target, on the adjusted logits (0: the plain loss).
 
     Inputs of ``forward(logits, labels)``:
         logits: (N, C) float, the classifier's raw outputs (the loss adds ``tau * log prior_j``).
@@ -62,12 +71,13 @@ class LogitAdjustedLoss(nn.Module):
     on the CPU (no host sync on an accelerator; see ``ltcl.losses``).
     """
 
-    def __init__(self, class_counts: Sequence[int] | Tensor, tau: float = 1.0) -> None:
+    def __init__(self, class_counts: Sequence[int] | Tensor, tau: float = 1.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
         counts = LF.check_class_counts(class_counts)
+        self.label_smoothing = _smoothing(label_smoothing)
         self.tau = float(tau)
         self.register_buffer("adjustment", self.tau * (counts / counts.sum()).log())  # float64
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         _check_inputs(logits, labels, self.adjustment.numel())
-        return LF.prior_adjusted_cross_entropy(logits, labels, self.adjustment)
+        return LF.prior_adjusted_cross_entropy(logits, labels, self.adjustment, self.label_smoothing)

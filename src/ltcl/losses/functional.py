@@ -253,16 +253,21 @@ def logit_adjusted_loss(logits: Tensor, labels: Tensor, class_counts, *, tau: fl
     return prior_adjusted_cross_entropy(logits, labels, tau * (counts / counts.sum()).log())
 
 
-def prior_adjusted_cross_entropy(logits: Tensor, labels: Tensor, adjustment: Tensor) -> Tensor:
+def prior_adjusted_cross_entropy(
+    logits: Tensor, labels: Tensor, adjustment: Tensor, label_smoothing: float = 0.0
+) -> Tensor:
     """``CE(logits + adjustment, y)`` in at least float32, without input checks (the loss modules' training path).
 
     Args:
         logits: (N, C); labels: (N,) int64; adjustment: (C,) per-class offsets (``log N_j`` for Balanced Softmax,
             ``tau * log prior_j`` for logit adjustment), any float dtype.
+        label_smoothing: eps of the target ``(1 - eps) one_hot(y) + eps / C``, against the softmax of the
+            *adjusted* logits (the distribution the loss fits), as ``F.cross_entropy(label_smoothing=eps)``.
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         dtype = compute_dtype(logits)
-        return F.cross_entropy(logits.to(dtype) + adjustment.to(device=logits.device, dtype=dtype), labels)
+        adjusted = logits.to(dtype) + adjustment.to(device=logits.device, dtype=dtype)
+        return F.cross_entropy(adjusted, labels, label_smoothing=label_smoothing)
 
 
 def balanced_softmax_loss(logits: Tensor, labels: Tensor, class_counts) -> Tensor:

@@ -15,10 +15,11 @@ class BalancedSoftmax(Objective):
     role = "classification"
     paper = "Ren et al., Balanced Meta-Softmax, NeurIPS 2020"
     balanced_logits = True  # see docs/conventions.md, "Evaluation report"
+    takes_label_smoothing = True  # on the adjusted logits
 
     def __init__(self, setup: ObjectiveSetup) -> None:
         super().__init__(setup)
-        self.loss = BalancedSoftmaxLoss(setup.class_counts)
+        self.loss = BalancedSoftmaxLoss(setup.class_counts, label_smoothing=setup.loss.label_smoothing)
 
     def forward(self, step: StepRecord) -> LossOutput:
         return LossOutput(self.loss(step.logits, step.labels), {})

@@ -163,6 +163,7 @@ class Objective(nn.Module):
         classification_views: (contrastive terms) how many leading views the classification loss of ``CLS+CON``
             sees; None for all of them.
         second_sampler: a second batch per step, drawn by this registered sampler, in ``step.second``.
+        takes_label_smoothing: the method applies ``loss.label_smoothing`` to its classification term.
         balanced_logits: the evaluation logits estimate the class-conditional score (a balanced loss), so telling
             the model a test prior adds ``log p_test`` only; otherwise ``log p_train`` is taken out first.
         network_views: how many leading views the network is run on (the others are only in ``step.images``,
@@ -192,6 +193,8 @@ class Objective(nn.Module):
     # The evaluation logits are meant for a uniform label prior (a balanced loss: Balanced Softmax, logit
     # adjustment); False: they carry the training prior (cross-entropy). Shifted-prior evaluation reads it.
     balanced_logits: ClassVar[bool] = False
+    # The method reads loss.label_smoothing (ce, bs, la); any other refuses a non-zero value rather than ignore it.
+    takes_label_smoothing: ClassVar[bool] = False
 
     def __init__(self, setup: ObjectiveSetup) -> None:
         super().__init__()

@@ -27,11 +27,14 @@ class LogitAdjusted(Objective):
     role = "classification"
     paper = "Menon et al., Long-tail learning via logit adjustment, ICLR 2021"
     balanced_logits = True  # see docs/conventions.md, "Evaluation report"
+    takes_label_smoothing = True  # on the adjusted logits
     Section = LogitAdjustSection
 
     def __init__(self, setup: ObjectiveSetup) -> None:
         super().__init__(setup)
-        self.loss = LogitAdjustedLoss(setup.class_counts, tau=self.section.tau)
+        self.loss = LogitAdjustedLoss(
+            setup.class_counts, tau=self.section.tau, label_smoothing=setup.loss.label_smoothing
+        )
 
     def forward(self, step: StepRecord) -> LossOutput:
         return LossOutput(self.loss(step.logits, step.labels), {})

@@ -162,6 +162,12 @@ def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
             f"'{cfg.loss.objective}' is a whole objective: set loss.mixing=none, or use a classification loss "
             f"({_names('classification')}), alone or joined to a contrastive term."
         )
+    if cfg.loss.label_smoothing > 0 and not parts[0].takes_label_smoothing:
+        takers = ", ".join(sorted(n for n in OBJECTIVES if OBJECTIVES.get(n).takes_label_smoothing))
+        raise ConfigError(
+            f"loss.label_smoothing {cfg.loss.label_smoothing} applies to the classification losses {takers}, but "
+            f"loss.objective '{cfg.loss.objective}' classifies with {parts[0].name}: set loss.label_smoothing=0."
+        )
     owners = section_owners()
     typed = {}
     for name, values in cfg.loss.sections.items():
