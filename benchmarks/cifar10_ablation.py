@@ -171,7 +171,7 @@ SETTINGS = {
 # Two-stage re-fits: name -> (table label, the trained setting whose last checkpoint is re-fitted, ltcl decouple's
 # method). The backbone stays frozen; the re-fit's own schedule is the method's paper's (ltcl methods lists it).
 REFITS = {
-    f"{source}_{method}": (f"{SETTINGS[source][0]}, then {label}", source, method)
+    f"{source}_{method}": (f"{SETTINGS[source][0].removesuffix(' (ours)')}, then {label}", source, method)
     for source in ("ce_1view", "bs_1view", "bs_acl")
     for method, label in (("crt", "cRT"), ("lws", "LWS"), ("tau_norm", "tau-norm"), ("ncm", "NCM"))
 }
