@@ -159,6 +159,12 @@ SETTINGS = {
     ),
     # LDAM-DRW: cosine logits scaled by s = 30 in the loss, re-weighting from 80% of the epochs.
     "ldam_drw": ("LDAM-DRW", ["loss.objective=ldam", "model.classifier=cosine", "model.cosine_scale=1.0"]),
+    # The re-balancing losses on one view with a linear head, their authors' values (configs/rivals/cifar10_lt_if100_
+    # {lade,cb_focal,focal,vs}.yaml): the section defaults are those values.
+    "lade": ("LADE", ["loss.objective=lade", "loss.lade.remine_lambda=0.01", *ONE_VIEW]),  # its CIFAR README value
+    "cb_focal": ("Class-balanced focal (sigmoid)", ["loss.objective=cb_focal", *ONE_VIEW]),
+    "focal": ("Focal (sigmoid)", ["loss.objective=focal", *ONE_VIEW]),
+    "vs": ("VS loss", ["loss.objective=vs", *ONE_VIEW]),
     # The defaults' check (BS + ACL, short schedule): float32 with PIL loader workers (the old default) against
     # bf16 autocast, in the loader and on the device (the new default).
     "fp32_loader": (
@@ -212,6 +218,7 @@ ABLATION_DIFFERENCES = [
     ("BS + ACL - GML", "bs_acl", "gml"),
     ("BS + ACL - KCL", "bs_acl", "kcl"),
     ("BS + ACL - DSCL", "bs_acl", "dscl"),
+    *[(f"BS + ACL - {SETTINGS[name][0]}", "bs_acl", name) for name in ("lade", "cb_focal", "focal", "vs")],
     *[(f"{label} - {SETTINGS[source][0]}", name, source) for name, (label, source, _) in REFITS.items()],
 ]
 
