@@ -21,7 +21,7 @@ from ltcl.data.longtail import SHOT_GROUPS, shot_groups
 from ltcl.decouple.base import Refitter
 from ltcl.engine.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
 from ltcl.engine.evaluate import EvalResult, format_table
-from ltcl.engine.report import code_revision, report_text, timing_line
+from ltcl.engine.report import code_revision, report_text, results_document, timing_line
 from ltcl.engine.rundir import RunDir
 
 
@@ -161,19 +161,9 @@ def _final(context, refitter, writer, cfg, history, best, info, timing, started)
     )
     print(timing_line(timing))
     revision = code_revision()
-    results = {
-        "name": cfg.name,
-        "test": None if test is None else test.as_dict(),
-        "test_best_val": None if best_test is None else best_test.as_dict(),
-        "val_best": None if best_val is None else best_val.as_dict(),
-        "best_epoch": best_epoch,
-        "rows": {name: r.as_dict() for name, r in rows.items()},
-        "per_class_test": None if test is None else test.per_class,
-        "class_counts": context.class_counts,
-        "seed": cfg.train.seed,
-        "code_revision": revision,
-        "command": " ".join(sys.argv),
-        "timing": timing,
+    results = results_document(
+        cfg, rows, test, best_test, best_val, best_epoch, context.class_counts, timing, revision
+    ) | {
         "decouple": {**writer.record, **({"fit": _plain(info)} if info else {})},
     }
     run_dir.write_results(results)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ltcl import __version__
+from ltcl.config import Config
 from ltcl.data.build import DataBundle
 from ltcl.dist import barrier
 from ltcl.engine.checkpoint import load_checkpoint
@@ -103,24 +104,34 @@ def final_report(
         full_report = full_report_command(run_dir, best_epoch, "test" if test_loader is not None else "val")
         print(f"per class, calibration and shifted priors: {full_report}")
         print(timing_line(timing))
-        results = {
-            "name": cfg.name,
-            "test": None if test is None else test.as_dict(),
-            "test_best_val": None if best_test is None else best_test.as_dict(),
-            "val_best": None if best_val is None else best_val.as_dict(),
-            "best_epoch": best_epoch,
-            "rows": {name: r.as_dict() for name, r in rows.items()},
-            "per_class_test": None if test is None else test.per_class,
-            "class_counts": data.train_counts,
-            "seed": cfg.train.seed,
-            "code_revision": code_revision(),
-            "command": " ".join(sys.argv),
-            "timing": timing,
-        }
+        results = results_document(
+            cfg, rows, test, best_test, best_val, best_epoch, data.train_counts, timing, code_revision()
+        )
         run_dir.write_results(results)
         objective = state.objective.describe()
         run_dir.write_report(report_text(cfg, data, rows, test, results["code_revision"], objective, full_report))
     return test, best_val, best_epoch
+
+
+def results_document(
+    cfg: Config, rows: dict, test, best_test, best_val, best_epoch, class_counts, timing: dict, revision: str
+) -> dict:
+    """What ``results.json`` holds for a finished run (a training run or a re-fit): the test numbers of the last
+    and the best-on-validation model, every table row, per-class test accuracy, and what produced them."""
+    return {
+        "name": cfg.name,
+        "test": None if test is None else test.as_dict(),
+        "test_best_val": None if best_test is None else best_test.as_dict(),
+        "val_best": None if best_val is None else best_val.as_dict(),
+        "best_epoch": best_epoch,
+        "rows": {name: r.as_dict() for name, r in rows.items()},
+        "per_class_test": None if test is None else test.per_class,
+        "class_counts": class_counts,
+        "seed": cfg.train.seed,
+        "code_revision": revision,
+        "command": " ".join(sys.argv),
+        "timing": timing,
+    }
 
 
 def full_report_command(run_dir: RunDir, best_epoch: int | None, split: str) -> str:
