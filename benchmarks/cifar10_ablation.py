@@ -157,14 +157,50 @@ SETTINGS = {
             "loss.dscl.patch_size=8",
         ],
     ),
-    # LDAM-DRW: cosine logits scaled by s = 30 in the loss, re-weighting from 80% of the epochs.
-    "ldam_drw": ("LDAM-DRW", ["loss.objective=ldam", "model.classifier=cosine", "model.cosine_scale=1.0"]),
+    # LDAM-DRW (configs/rivals/cifar10_lt_if100_ldam_drw.yaml): one view, cosine logits scaled by s = 30 in the loss,
+    # re-weighting from 80% of the epochs (their 160 of 200)
+    "ldam_drw": (
+        "LDAM-DRW",
+        ["loss.objective=ldam", "model.classifier=cosine", "model.cosine_scale=1.0", *ONE_VIEW],
+    ),
     # The re-balancing losses on one view with a linear head, their authors' values (configs/rivals/cifar10_lt_if100_
     # {lade,cb_focal,focal,vs}.yaml): the section defaults are those values.
     "lade": ("LADE", ["loss.objective=lade", "loss.lade.remine_lambda=0.01", *ONE_VIEW]),  # its CIFAR README value
     "cb_focal": ("Class-balanced focal (sigmoid)", ["loss.objective=cb_focal", *ONE_VIEW]),
     "focal": ("Focal (sigmoid)", ["loss.objective=focal", *ONE_VIEW]),
     "vs": ("VS loss", ["loss.objective=vs", *ONE_VIEW]),
+    "cb_ce": ("Class-balanced CE", ["loss.objective=cb_ce", *ONE_VIEW]),
+    # The samplers under CE on one view (Kang et al., ICLR 2020, train their stage 1 with each of them)
+    **{
+        f"ce_{sampler}": (f"CE, {label} sampler", ["loss.objective=ce", f"data.sampler={sampler}", *ONE_VIEW])
+        for sampler, label in (
+            ("class_balanced", "class-balanced"),
+            ("square_root", "square-root"),
+            ("progressive", "progressive"),
+        )
+    },  # fmt: skip
+    # Mixing of the CE term on one view, each strategy's own defaults (ltcl methods lists them); CE + mixup is also
+    # MiSLAS's stage 1 (configs/rivals/cifar10_lt_if100_mislas_stage1.yaml), re-fitted below by its stage 2
+    **{
+        f"ce_{m}": (f"CE + {label}", ["loss.objective=ce", f"loss.mixing={m}", *ONE_VIEW])
+        for m, label in (("mixup", "mixup"), ("cutmix", "CutMix"), ("remix", "Remix"))
+    },  # fmt: skip
+    # BBN (configs/rivals/cifar10_lt_if100_bbn.yaml): its two-branch ResNet-32, the reversed sampler for the second
+    # branch, the cumulative schedule over all epochs
+    "bbn": ("BBN", ["loss.objective=bbn", "model.backbone=bbn_resnet32", *ONE_VIEW]),
+    # The causal model with TDE (configs/rivals/cifar10_lt_if100_tde.yaml): its CIFAR values alpha 1, no lr scaling
+    # of the moving-average momentum
+    "tde": (
+        "Causal model + TDE",
+        [
+            "loss.objective=tde",
+            "model.backbone=bbn_resnet32",
+            "model.classifier=causal",
+            "loss.tde.alpha=1.0",
+            "loss.tde.momentum_lr_scale=0.0",
+            *ONE_VIEW,
+        ],
+    ),  # fmt: skip
     # The defaults' check (BS + ACL, short schedule): float32 with PIL loader workers (the old default) against
     # bf16 autocast, in the loader and on the device (the new default).
     "fp32_loader": (
@@ -176,11 +212,12 @@ SETTINGS = {
 }
 # Two-stage re-fits: name -> (table label, the trained setting whose last checkpoint is re-fitted, ltcl decouple's
 # method). The backbone stays frozen; the re-fit's own schedule is the method's paper's (ltcl methods lists it).
+REFIT_METHODS = {"crt": "cRT", "lws": "LWS", "tau_norm": "tau-norm", "ncm": "NCM", "disalign": "DisAlign"}
 REFITS = {
     f"{source}_{method}": (f"{SETTINGS[source][0].removesuffix(' (ours)')}, then {label}", source, method)
     for source in ("ce_1view", "bs_1view", "bs_acl")
-    for method, label in (("crt", "cRT"), ("lws", "LWS"), ("tau_norm", "tau-norm"), ("ncm", "NCM"))
-}
+    for method, label in REFIT_METHODS.items()
+} | {"ce_mixup_mislas": ("MiSLAS (CE + mixup, then its stage 2)", "ce_mixup", "mislas")}
 LABELS = {name: label for name, (label, _) in SETTINGS.items()} | {name: r[0] for name, r in REFITS.items()}
 # The order runs are made in: what the issue asks first, then the second seeds and the rivals.
 PLAN = [
@@ -218,7 +255,14 @@ ABLATION_DIFFERENCES = [
     ("BS + ACL - GML", "bs_acl", "gml"),
     ("BS + ACL - KCL", "bs_acl", "kcl"),
     ("BS + ACL - DSCL", "bs_acl", "dscl"),
-    *[(f"BS + ACL - {SETTINGS[name][0]}", "bs_acl", name) for name in ("lade", "cb_focal", "focal", "vs")],
+    *[(f"BS + ACL - {SETTINGS[name][0]}", "bs_acl", name) for name in ("lade", "cb_focal", "focal", "vs", "cb_ce")],
+    *[
+        (f"{SETTINGS[name][0]} - CE, 1 view", name, "ce_1view")
+        for name in SETTINGS
+        if name.startswith("ce_") and name != "ce_1view"
+    ],  # fmt: skip
+    ("BS + ACL - BBN", "bs_acl", "bbn"),
+    ("BS + ACL - Causal model + TDE", "bs_acl", "tde"),
     *[(f"{label} - {SETTINGS[source][0]}", name, source) for name, (label, source, _) in REFITS.items()],
 ]
 
