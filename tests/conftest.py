@@ -1,5 +1,6 @@
 """Shared fixtures: where the real data lives, and a fresh seed for every test."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,15 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs one worker per core) each worker, and every ltcl process it starts,
+    keeps to one thread: two workers of two threads each on two cores would fight over them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def shared_file(relative: str) -> Path:

@@ -83,6 +83,10 @@ def test_a_resume_continues_the_tensorboard_stream_without_duplicated_epochs(tmp
     for epoch in (1, 2, 3):  # the interrupted session logged epoch 3, whose checkpoint was not saved
         first.log_epoch(row(epoch, loss=1.0))
     first.close()
+    # TensorBoard reads a run's event files in name order: <whole second>.<host>.<pid>.<writer count>. A resume is
+    # a new process, a later second; here it is the same process, whose writer count may pass a power of ten
+    # (".9" sorts after ".10") when other tests made writers first, so the resumed writer starts in a later second.
+    time.sleep(1.01 - time.time() % 1)
     resumed = open_loggers(context(tmp_path, first_epoch=3))
     for epoch in (3, 4):
         resumed.log_epoch(row(epoch, loss=0.5))

@@ -7,8 +7,6 @@ checkpoint that advised unsafe unpickling, a photo judged by its centre 32 pixel
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import yaml
 from PIL import Image
 
 from ltcl.data.datasets import digits_arrays
+from tests.run_ltcl import run_ltcl
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "configs" / "digits_lt.yaml")
@@ -30,11 +29,9 @@ SMOKE = [
 ]
 
 
-def ltcl(*args, cwd=REPO, env=None):
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "ltcl.cli", *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600
-    )
+def ltcl(*args, cwd=REPO, env=None, fresh_process=False):
+    """``ltcl ARGS`` in ``cwd``, whatever its exit status; see tests/run_ltcl.py for when it is a fresh process."""
+    return run_ltcl(*args, cwd=cwd, env=env, check=False, fresh_process=fresh_process)
 
 
 def sets(*overrides):

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
+from tests.run_ltcl import run_ltcl
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = str(REPO / "configs" / "digits_lt.yaml")
@@ -32,15 +33,9 @@ TINY = [
 ]
 
 
-def ltcl(*args, env=None, check=True, cwd=REPO):
-    """Runs ``python -m ltcl.cli ARGS`` (in ``cwd``, the repository by default) and returns the completed process."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ltcl.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"ltcl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+def ltcl(*args, env=None, check=True, cwd=REPO, fresh_process=False):
+    """``ltcl ARGS`` in ``cwd`` (the repository by default); see tests/run_ltcl.py for when it is a fresh process."""
+    return run_ltcl(*args, env=env, check=check, cwd=cwd, fresh_process=fresh_process)
 
 
 def sets(*overrides):

@@ -16,10 +16,18 @@ import torch
 import yaml
 
 from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
-from tests.engine.test_training import DIGITS, TINY, ltcl, sets
+from tests.engine.test_training import DIGITS, TINY, sets
+from tests.run_ltcl import run_ltcl
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
+
+
+def ltcl(*args, **kwargs):
+    """Every call in a fresh process: a plugin must be found again from the run's record, never from a registry
+    that an earlier call in this process filled."""
+    return run_ltcl(*args, fresh_process=True, **kwargs)
+
 
 # A method with everything the interface offers: a parameter of its own, a buffer, both hooks and a statistic.
 COUNTING_METHOD = """
