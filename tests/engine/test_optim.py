@@ -21,10 +21,10 @@ from ltcl.engine.distributed import DistributedContext
 from ltcl.engine.ema import ModelEma, with_averages
 from ltcl.engine.loop import MultiViewForward, micro_batches, training_step
 from ltcl.engine.optim import build_optimizer, no_weight_decay_names, parameter_groups, set_learning_rates
-from ltcl.engine.schedule import learning_rate
 from ltcl.engine.state import EpochProgress, NonFiniteFlag, TrainState
 from ltcl.methods import build_objective
 from ltcl.models import build_network
+from ltcl.schedule import learning_rate
 from tests.models.tiny import TINY_CLIP_KWARGS, TINY_VIT
 
 COUNTS = [12, 6, 3]  # three classes, long-tailed

@@ -15,7 +15,7 @@ from ltcl.config import ConfigError, OptimConfig, load_config
 from ltcl.data.sampling import EpochBatchSampler, SeededDataset, ShardSampler
 from ltcl.engine import checkpoint as ckpt
 from ltcl.engine.evaluate import accuracy_from_counts, format_table
-from ltcl.engine.schedule import learning_rate
+from ltcl.schedule import learning_rate
 
 # ---------------------------------------------------------------------------------------------------------
 # Learning-rate schedule

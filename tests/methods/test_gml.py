@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltcl.config import ConfigError, LossConfig, from_dict, load_config
+from ltcl.engine.inference import trained_network
 from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
+from ltcl.engine.trainer import train
 from ltcl.losses.gml import GMLLoss
 from ltcl.losses.gml_queue import ClassQueue, queue_segments
 from ltcl.methods import ObjectiveSetup, StepRecord, resolve_config
@@ -440,7 +442,8 @@ def test_gml_trains_from_the_cli_and_resumes_to_the_same_weights(tmp_path):
     teacher_path = str(tmp_path / "straight" / "digits_lt" / "checkpoint_last.pt")
     setup = ObjectiveSetup(class_counts=tuple(range(10, 20)), loss=LossConfig(objective="gml", temperature=0.1),
                            section=GMLSection(teacher=teacher_path, alpha=1.0, queue_size=64), projection_dim=32,
-                           feature_dim=model.feature_dim, hidden_dim=64, num_views=3)  # fmt: skip
+                           feature_dim=model.feature_dim, hidden_dim=64, num_views=3,
+                           load_network=trained_network)  # the engine's loader, as train() gives it  # fmt: skip
     objective = GML(setup)
     objective.bind(model)
     assert objective.teacher is not None and not objective.teacher.training
@@ -453,3 +456,8 @@ def test_gml_trains_from_the_cli_and_resumes_to_the_same_weights(tmp_path):
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.parts["loss_kd"] > 0
     assert f"teacher {teacher_path}" in objective.describe()
+    # and through the engine, which hands the method its checkpoint reader
+    one_step = ["optim.epochs=1", "train.max_steps_per_epoch=1", f"train.output_dir={tmp_path / 's'}"]
+    student = train(load_config(DIGITS, [*common, *one_step, f"loss.gml.teacher={teacher_path}"]))
+    saved = torch.load(student.run_dir / "checkpoint_last.pt", weights_only=True)["objective"]
+    assert any(k.startswith("key_head.") for k in saved) and not any(k.startswith("key_network.") for k in saved)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ltcl.analysis.tables import LAST_EPOCH_NOTE, SettingRow, results_table, summarize, write_csv
 from ltcl.config import Config, apply_override, changed_keys, load_config, to_dict
+from ltcl.engine.loggers import check_logger_names
 from ltcl.engine.resume import EXECUTION_KEYS
 from ltcl.engine.rundir import RunDir
 from ltcl.errors import UserError
@@ -140,6 +141,7 @@ def check_runs(config: str, runs: list[PlannedRun]) -> list[Config]:
     configs = []
     for run in runs:
         cfg = resolve_config(load_config(config, run.overrides))
+        check_logger_names(cfg.train.loggers)
         # absolute data paths, as a checkpoint keeps them: a sweep continued from another directory still matches
         configs.append(replace(cfg, data=resolve_data_paths(cfg.data)))
     return configs

@@ -43,6 +43,12 @@ class TrainedModel:
     amp: str
 
 
+def trained_network(path: str) -> torch.nn.Module:
+    """The network of a trained run's checkpoint, on the CPU: what the engine gives a method that learns from one
+    (ObjectiveSetup.load_network)."""
+    return load_trained_model(path, device="cpu").model
+
+
 def load_trained_model(
     path: str | Path, overrides: Sequence[str] = (), device: str = "auto", local_rank: int = 0
 ) -> TrainedModel:

@@ -18,10 +18,10 @@ from torch.nn.utils import clip_grad_norm_
 from ltcl.data.views import MultiViewBatch
 from ltcl.engine.evaluate import autocast_context
 from ltcl.engine.optim import set_learning_rates
-from ltcl.engine.schedule import learning_rate
 from ltcl.engine.state import TrainState
 from ltcl.losses.functional import gradient_conflict_counts
 from ltcl.methods import LossOutput, Objective, StepRecord
+from ltcl.schedule import learning_rate
 
 
 class MultiViewForward(nn.Module):

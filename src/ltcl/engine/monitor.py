@@ -17,8 +17,8 @@ from tqdm import tqdm
 from ltcl.dist import all_reduce_sum
 from ltcl.engine.checkpoint import Checkpointer
 from ltcl.engine.interrupts import Interrupted, InterruptGuard, signal_for_tests
-from ltcl.engine.schedule import learning_rate
 from ltcl.engine.state import TrainState
+from ltcl.schedule import learning_rate
 
 READABLE = {"loss": "loss", "loss_cls": "classification loss", "loss_con": "contrastive loss"}
 

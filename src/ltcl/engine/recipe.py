@@ -180,9 +180,11 @@ def train_batches(cfg: Config, views: ViewsConfig, data: DataBundle, ctx: Distri
 
 
 def build_train_state(
-    cfg: Config, data: DataBundle, ctx: DistributedContext, *, load_weights: bool = True
+    cfg: Config, data: DataBundle, ctx: DistributedContext, *, load_weights: bool = True, load_network=None
 ) -> tuple[TrainState, ParameterCounts, tuple[str, str]]:
     """Model, objective, optimiser and their :class:`TrainState`, ready for the first step.
+
+    ``load_network`` reads a trained run's network for a method that learns from one (ObjectiveSetup).
 
     Returns:
         The state, the model's parameter counts, and the resolved precision with its reason.
@@ -195,7 +197,7 @@ def build_train_state(
         cfg, data.num_classes, ctx.device, load_weights=load_weights, sync_bn=cfg.model.sync_bn and ctx.enabled
     )
     objective = build_objective(
-        cfg, data.train_counts, feature_dim=model.feature_dim, gather_distributed=ctx.enabled
+        cfg, data.train_counts, feature_dim=model.feature_dim, gather_distributed=ctx.enabled, load_network=load_network
     ).to(ctx.device)
     objective.bind(model)
     own = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]  # the method's (BCL's head)

@@ -22,8 +22,9 @@ from ltcl.engine import checkpoint as ckpt
 from ltcl.engine.console import epoch_summary, header
 from ltcl.engine.distributed import DistributedContext, init_distributed, shutdown
 from ltcl.engine.evaluate import EvalResult, evaluate_run, evaluated_weights
+from ltcl.engine.inference import trained_network
 from ltcl.engine.interrupts import InterruptGuard
-from ltcl.engine.loggers import LoggerContext, open_loggers
+from ltcl.engine.loggers import LoggerContext, check_logger_names, open_loggers
 from ltcl.engine.loop import train_one_epoch
 from ltcl.engine.monitor import StepMonitor, show_progress_bar
 from ltcl.engine.optim import describe_optimizer
@@ -32,11 +33,11 @@ from ltcl.engine.report import final_report
 from ltcl.engine.resume import ResumePlan
 from ltcl.engine.rundir import RunDir
 from ltcl.engine.runtime import keep_freed_memory
-from ltcl.engine.schedule import learning_rate
 from ltcl.engine.startup import open_run_directory, run_directory, with_absolute_paths, with_recorded_plugins
 from ltcl.engine.state import EpochProgress, TrainState
 from ltcl.errors import UserError
 from ltcl.methods import resolve_config
+from ltcl.schedule import learning_rate
 
 
 @dataclass
@@ -75,6 +76,7 @@ def train(cfg: Config, *, resume: ResumePlan | None = None) -> TrainResult:
     started = time.perf_counter()
     validate(cfg)  # a config built in Python gets the loader's checks too
     cfg = resolve_config(cfg)  # the method's section typed and completed: the saved config holds every value
+    check_logger_names(cfg.train.loggers)  # before any data is read, like the checks of resolve_config
     ctx = init_distributed(cfg.train.device)
     if ctx.device.type == "cpu":
         keep_freed_memory()
@@ -109,7 +111,7 @@ def _train(cfg: Config, ctx: DistributedContext, resume: ResumePlan | None, star
         )
     batches = train_batches(cfg, views, data, ctx)
     val_loader, test_loader = eval_loader(cfg, views, data.val, ctx), eval_loader(cfg, views, data.test, ctx)
-    state, params, amp = build_train_state(cfg, data, ctx, load_weights=resume is None)
+    state, params, amp = build_train_state(cfg, data, ctx, load_weights=resume is None, load_network=trained_network)
     if resume is not None:
         ckpt.restore(state, resume.checkpoint)
         state.nonfinite.start_at(state.global_step)

@@ -16,6 +16,7 @@ Roles:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar, NamedTuple
@@ -131,6 +132,8 @@ class ObjectiveSetup:
         optim: the run's optimiser section (a method whose state follows the learning rate: TDE's moving average).
         num_views: V, views per image.
         gather_distributed: contrast against the global batch under torch.distributed.
+        load_network: the network of a trained ltcl run from its checkpoint path, on the CPU, for a method that
+            learns from one (GML's teacher); the engine gives it, so that no method imports the engine.
     """
 
     class_counts: tuple[int, ...]
@@ -143,6 +146,7 @@ class ObjectiveSetup:
     optim: OptimConfig = field(default_factory=OptimConfig)
     num_views: int = 1
     gather_distributed: bool = False
+    load_network: Callable[[str], nn.Module] | None = None
 
     @property
     def num_classes(self) -> int:

@@ -126,7 +126,9 @@ class GML(Objective):
 
     def bind(self, model: nn.Module) -> None:
         device = next(model.parameters()).device
-        teacher = load_teacher(self.section.teacher, device, self.setup.num_classes) if self.section.teacher else None
+        teacher = None
+        if self.section.teacher:
+            teacher = load_teacher(self.section.teacher, device, self.setup.num_classes, self.setup.load_network)
         self.attach(model, teacher)
 
     def attach(self, model: nn.Module, teacher: nn.Module | None = None) -> None:
@@ -255,14 +257,14 @@ def view_images(step: StepRecord, view: int) -> Tensor:
     raise ValueError(f"The step has no view {view + 1}: gml needs views.num_views >= 3.")
 
 
-def load_teacher(path: str, device: torch.device, num_classes: int) -> nn.Module:
-    """The network of a trained ltcl checkpoint, frozen, in eval mode, on ``device``."""
-    from ltcl.engine.inference import load_trained_model  # the engine imports the methods: import late
-
+def load_teacher(path: str, device: torch.device, num_classes: int, load_network) -> nn.Module:
+    """The network of a trained ltcl checkpoint (read by ``load_network``, see ObjectiveSetup), frozen, in eval
+    mode, on ``device``."""
     if not Path(path).expanduser().is_file():
         raise ConfigError(f"loss.gml.teacher {path!r} is not a file (give the checkpoint of a trained ltcl run).")
-    trained = load_trained_model(Path(path).expanduser(), device="cpu")
-    teacher = trained.model
+    if load_network is None:
+        raise ValueError("loss.gml.teacher needs ObjectiveSetup.load_network: build the objective through the engine.")
+    teacher = load_network(str(Path(path).expanduser()))
     if teacher.num_classes != num_classes:
         raise ConfigError(f"loss.gml.teacher {path} classifies {teacher.num_classes} classes, this run {num_classes}.")
     for p in teacher.parameters():

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ltcl.config import Config, ConfigError, from_dict, to_dict
 from ltcl.data.samplers import SAMPLERS
-from ltcl.engine.loggers import check_logger_names
 from ltcl.methods.base import ROLES, Objective, ObjectiveSetup
 from ltcl.methods.composite import ClassifyAndContrast
 from ltcl.methods.mixing import NO_MIXING, Mixing
 from ltcl.models import CLASSIFIERS, backbone_family, parse_finetune
 from ltcl.plugins import load_plugins
 from ltcl.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
 
 OBJECTIVES: Registry[type[Objective]] = Registry("method", "loss.objective")
 MIXINGS: Registry[type[Mixing]] = Registry("mixing strategy", "loss.mixing")
@@ -153,7 +156,6 @@ def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
     parse_finetune(cfg.model.finetune)
     SAMPLERS.get(cfg.data.sampler)
     CLASSIFIERS.get(cfg.model.classifier)
-    check_logger_names(cfg.train.loggers)
     parts = method_parts(cfg.loss.objective)
     mixing = mixing_strategy(cfg.loss.mixing)
     if mixing is not None and parts[0].role == "objective":
@@ -220,6 +222,7 @@ def build_objective(
     *,
     feature_dim: int,
     gather_distributed: bool = False,
+    load_network: Callable[[str], nn.Module] | None = None,
 ) -> Objective:
     """The training objective of a resolved config.
 
@@ -227,6 +230,7 @@ def build_objective(
         class_counts: (C,) training images per class.
         feature_dim: F, the backbone's feature size (the classifier's input).
         gather_distributed: contrast against the global batch under torch.distributed.
+        load_network: see :class:`ObjectiveSetup` (the engine gives it).
     """
     cfg = resolve_config(cfg)
     parts = method_parts(cfg.loss.objective)
@@ -245,6 +249,7 @@ def build_objective(
         optim=cfg.optim,
         num_views=cfg.views.num_views,
         gather_distributed=gather_distributed,
+        load_network=load_network,
     )
     setups = [replace(base, section=typed_section(cfg, cls)) for cls in parts]
     if parts[0].role == "objective":

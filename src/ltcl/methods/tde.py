@@ -33,6 +33,7 @@ from ltcl.losses.validation import compute_dtype
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
 from ltcl.methods.registry import register_objective
 from ltcl.models.causal import CausalNormClassifier
+from ltcl.schedule import learning_rate
 
 
 @dataclass
@@ -90,8 +91,6 @@ class TotalDirectEffect(Objective):
         self._classifier = (head,)
 
     def set_epoch(self, epoch: int) -> None:
-        from ltcl.engine.schedule import learning_rate  # the run's schedule, per epoch (imported late: no cycle)
-
         s = self.section
         mu = epoch_momentum(s.momentum, learning_rate(self.setup.optim, epoch, 1), s.momentum_lr_scale)
         self.classifier.momentum.fill_(mu)
