@@ -18,7 +18,7 @@ from ltcl.config import ConfigError, LossConfig, load_config
 from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
 from ltcl.losses.paco import PaCoLoss
 from ltcl.methods import ObjectiveSetup, StepRecord, resolve_config
-from ltcl.methods.paco import PaCo, PaCoSection, shared_permutation, view_images
+from ltcl.methods.paco import PaCo, PaCoSection, shared_permutation
 from ltcl.models.network import NetworkOutput
 from tests.engine.test_training import DIGITS, TINY, ltcl, sets
 
@@ -184,8 +184,8 @@ def test_the_views_come_from_the_groups_as_forwarded():
     step = StepRecord(torch.zeros(4 * b, 3), torch.zeros(4 * b, dtype=torch.int64), None,
                       torch.ones(4 * b, dtype=torch.bool), 4, b, nn.Identity(), images=[big, small],
                       group_views=[[0, 2], [1, 3]])  # fmt: skip
-    assert view_images(step, 1).flatten().tolist() == [10.0, 11.0]  # view 2 is the first of the second group
-    assert view_images(step, 2).flatten().tolist() == [2.0, 3.0]
+    assert step.view_images(1).flatten().tolist() == [10.0, 11.0]  # view 2 is the first of the second group
+    assert step.view_images(2).flatten().tolist() == [2.0, 3.0]
 
 
 def test_the_shared_permutation_is_a_permutation_that_changes_with_the_step():

@@ -86,6 +86,16 @@ class StepRecord:
         """The rows of views ``first .. stop - 1`` (0-based), a contiguous block of the view-major layout."""
         return slice(first * self.batch_size, stop * self.batch_size)
 
+    def view_images(self, view: int) -> Tensor:
+        """The (B, 3, H, W) images of view ``view`` (0-based) as the network saw them, cut from their size group:
+        what a method that runs a second encoder on one view (a momentum key encoder) feeds it."""
+        b = self.batch_size
+        for images, views in zip(self.images, self.group_views):
+            if view in views:
+                j = views.index(view)
+                return images[j * b : (j + 1) * b]
+        raise ValueError(f"The step holds no images of view {view + 1} (its groups hold views {self.group_views}).")
+
     def first_views(self, k: int) -> StepRecord:
         """The record restricted to views ``0 .. k - 1`` (logits, labels, projections, features, mask)."""
         rows = self.view_rows(0, min(k, self.num_views))

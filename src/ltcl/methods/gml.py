@@ -185,10 +185,10 @@ class GML(Objective):
         """The key encoder's backbone features of the key view and, with alpha > 0, its logits of the
         classification view (no gradient)."""
         encoder = self.teacher if self.teacher is not None else self.key_network
-        key_images = view_images(step, KEY_VIEW)
+        key_images = step.view_images(KEY_VIEW)
         if self.loss.alpha == 0:
             return encoder(key_images, with_projection=False).features, None
-        cls_images = view_images(step, CLS_VIEW)
+        cls_images = step.view_images(CLS_VIEW)
         if cls_images.shape[1:] == key_images.shape[1:]:
             out = encoder(torch.cat([cls_images, key_images]), with_projection=False)
             b = step.batch_size
@@ -245,16 +245,6 @@ class GML(Objective):
             f"gml (gamma {s.gamma}, beta {s.beta}{kd}; queue {s.queue_size} keys, >= {s.base_k} per class, "
             f"{encoder}; tau {self.setup.loss.temperature} learned; views 1 classified, 2 query, 3 key)"
         )
-
-
-def view_images(step: StepRecord, view: int) -> Tensor:
-    """(B, 3, H, W) images of view ``view`` (0-based) from the step's size groups."""
-    b = step.batch_size
-    for images, views in zip(step.images, step.group_views):
-        if view in views:
-            j = views.index(view)
-            return images[j * b : (j + 1) * b]
-    raise ValueError(f"The step has no view {view + 1}: gml needs views.num_views >= 3.")
 
 
 def load_teacher(path: str, device: torch.device, num_classes: int, load_network) -> nn.Module:

@@ -61,7 +61,7 @@ from ltcl.data.samplers import SAMPLERS
 from ltcl.dist import global_mean
 from ltcl.losses.kcl import KCLLoss
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
-from ltcl.methods.kcl_encoder import KeyEncoder, _evaluating, _zero_gradient, view_images
+from ltcl.methods.kcl_encoder import KeyEncoder, _evaluating, _zero_gradient
 from ltcl.methods.registry import register_objective
 
 QUERY_VIEW, KEY_VIEW = 0, 1  # 0-based: views 1 and 2 of the config
@@ -234,7 +234,7 @@ class KCL(Objective):
         labels = step.labels[:b]
         with torch.no_grad():
             self._mirror_modes()
-            keys = self.key_encoder(view_images(step, KEY_VIEW))
+            keys = self.key_encoder(step.view_images(KEY_VIEW))
         out = self.loss(queries, keys, labels)
         self._pending = (keys, labels)
         parts = {"stage": zero + 1, "loss_kcl": out.loss.detach().double(), "loss_classifier": zero}

@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ltcl.methods.base import StepRecord
-
 
 class KeyEncoder(nn.Module):
     """The momentum copy of backbone and projection head: images -> L2-normalised projections, no gradient."""
@@ -27,16 +25,6 @@ class KeyEncoder(nn.Module):
 def _evaluating(module: nn.Module, mode: bool = True) -> nn.Module:
     """``module.train(mode)`` while the module is frozen: it stays in eval mode."""
     return nn.Module.train(module, False)
-
-
-def view_images(step: StepRecord, view: int) -> Tensor:
-    """The (B, 3, H, W) images of view ``view`` (0-based) as the network saw them."""
-    b = step.batch_size
-    for images, views in zip(step.images, step.group_views):
-        if view in views:
-            j = views.index(view)
-            return images[j * b : (j + 1) * b]
-    raise ValueError(f"The step holds no images of view {view + 1} (views {step.group_views}).")
 
 
 def _zero_gradient(parameters: list[nn.Parameter]) -> Tensor | float:

@@ -163,7 +163,7 @@ class PaCo(Objective):
             raise RuntimeError("paco's key encoder is made by bind(model), which must be called before training.")
         rows = step.view_rows(QUERY_VIEW, QUERY_VIEW + 1)
         labels = step.labels[rows]
-        keys, key_labels = self._keys(view_images(step, KEY_VIEW), labels)
+        keys, key_labels = self._keys(step.view_images(KEY_VIEW), labels)
         keys = keys.to(self.queue.dtype)  # float32 (the queue's) also under autocast
         size = self.queue.shape[0]
         filled = torch.arange(size, device=self.queue.device) < self.queue_filled
@@ -208,16 +208,6 @@ class PaCo(Objective):
             f"paco (alpha {s.alpha}, beta {s.beta}, gamma {s.gamma}, tau {self.setup.loss.temperature}; query view 1, "
             f"key view 2 through a momentum encoder, m {s.momentum}{shuffle}; queue {s.queue_size} labelled keys)"
         )
-
-
-def view_images(step: StepRecord, view: int) -> Tensor:
-    """The (B, ...) images of view ``view`` (0-based) as the network saw them, from the step's view groups."""
-    b = step.batch_size
-    for images, views in zip(step.images, step.group_views):
-        if view in views:
-            j = views.index(view)
-            return images[j * b : (j + 1) * b]
-    raise ValueError(f"The step holds no images of view {view + 1} (its groups hold views {step.group_views}).")
 
 
 def shared_permutation(n: int, seed: Tensor) -> Tensor:
