@@ -11,6 +11,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core this process may run on (the affinity mask, which a container sets; the
+    machine's count can be far larger), at most four: each worker holds torch and its own fixtures."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
 def pytest_configure(config):
     """Under pytest-xdist (``make test`` runs one worker per core) each worker, and every ltcl process it starts,
     keeps to one thread: two workers of two threads each on two cores would fight over them."""
