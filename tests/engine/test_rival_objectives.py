@@ -2,13 +2,10 @@
 GPaCo's projection head and queue, and LDAM's re-weighting switch live in the objective's state)."""
 
 import json
-import signal
 
 import pytest
-import torch
 
-from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
-from tests.engine.test_training import DIGITS, TINY, assert_reported, evaluated_again, ltcl, sets
+from tests.engine.test_training import DIGITS, TINY, assert_reported, evaluated_again, ltcl, sets, straight_and_resumed
 
 RIVALS = {
     "gpaco": ["loss.objective=gpaco"],
@@ -49,22 +46,12 @@ def test_gpaco_trains_as_the_whole_objective(tmp_path):
 def test_a_stateful_rival_trains_and_resumes_to_the_same_weights(tmp_path, name):
     common = [*TINY, *RIVALS[name], "optim.epochs=2", "train.max_steps_per_epoch=3", "train.deterministic=true",
               "train.amp=none"]  # fmt: skip
-    straight = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'straight'}"))
-    proc = ltcl("train", "-c", DIGITS, *sets(*common, f"train.output_dir={tmp_path / 'stopped'}"),
-                env={TEST_SIGNAL_AT_STEP: "4:TERM"}, check=False)  # fmt: skip
-    assert proc.returncode == 128 + signal.SIGTERM
-    ltcl("train", "--resume", str(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt"))
-    want = torch.load(tmp_path / "straight" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
-    got = torch.load(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
-    for part in ("model", "objective"):
-        assert want[part].keys() == got[part].keys()
-        for key in want[part]:
-            assert torch.equal(want[part][key], got[part][key]), (part, key)
+    straight, want, run = straight_and_resumed(tmp_path, common, stop_at=4)
     assert KEPT_STATE[name](want["objective"])
     if name == "la_bcl":  # BCL's own split of the four digits views, and its statistic in the epoch line and csv
         assert "bcl (tau 0.1, views split: classification on view 1, BCL on views 2-3)" in straight.stdout
         assert "bcl_proto_cos" in straight.stdout
-        assert "bcl_proto_cos" in (tmp_path / "straight" / "digits_lt" / "metrics.csv").read_text().splitlines()[0]
+        assert "bcl_proto_cos" in (run / "metrics.csv").read_text().splitlines()[0]
     # The resumed run reports what the uninterrupted one reports, and both are the saved model's own accuracy.
     reported = [json.loads((tmp_path / d / "digits_lt" / "results.json").read_text()) for d in ("straight", "stopped")]
     fresh = evaluated_again(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt")

@@ -79,6 +79,29 @@ def assert_reported(reported: dict, fresh) -> None:
     assert_same_accuracy(reported, fresh.as_dict())
 
 
+def straight_and_resumed(tmp_path: Path, overrides: list[str], stop_at: int):
+    """Trains the digits config with ``overrides`` straight through (``tmp_path/straight``), and again in a fresh
+    process that SIGTERM stops at step ``stop_at`` and that is then resumed (``tmp_path/stopped``). Asserts that the
+    two last checkpoints hold bitwise equal model and objective tensors under the same keys.
+
+    Returns:
+        The straight run's completed process (its stdout has the header and epoch lines), its last checkpoint, and
+        its run directory.
+    """
+    straight = ltcl("train", "-c", DIGITS, *sets(*overrides, f"train.output_dir={tmp_path / 'straight'}"))
+    stopped = ltcl("train", "-c", DIGITS, *sets(*overrides, f"train.output_dir={tmp_path / 'stopped'}"),
+                   env={TEST_SIGNAL_AT_STEP: f"{stop_at}:TERM"}, check=False)  # fmt: skip
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    ltcl("train", "--resume", str(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt"))
+    want = torch.load(tmp_path / "straight" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
+    got = torch.load(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
+    for part in ("model", "objective"):
+        assert want[part].keys() == got[part].keys()
+        for key in want[part]:
+            assert torch.equal(want[part][key], got[part][key]), (part, key)
+    return straight, want, tmp_path / "straight" / "digits_lt"
+
+
 def test_a_run_writes_its_directory(tmp_path):
     proc = ltcl(
         "train",
