@@ -145,9 +145,15 @@ def test_the_bilateral_backbone_duplicates_the_last_block_and_weights_both_branc
 
 
 def test_the_config_checks():
-    with pytest.raises(ConfigError, match="set model.backbone=bbn_resnet32 .* got resnet20"):
-        resolve_config(load_config(DIGITS, ["loss.objective=bbn"]))
-    resolve_config(load_config(DIGITS, ["loss.objective=bbn", "model.backbone=bbn_resnet20"]))
+    # the objective alone takes the two-branch twin of the config's backbone; one without a twin is refused
+    assert resolve_config(load_config(DIGITS, ["loss.objective=bbn"])).model.backbone == "bbn_resnet20"
+    assert resolve_config(load_config(DIGITS, ["loss.objective=bbn", "model.backbone=resnet50"])).model.backbone == (
+        "bbn_resnet50"
+    )
+    with pytest.raises(ConfigError, match="set model.backbone=bbn_resnet32 .* got resnet18"):
+        resolve_config(load_config(DIGITS, ["loss.objective=bbn", "model.backbone=resnet18"]))
+    cfg = resolve_config(load_config(DIGITS, ["loss.objective=bbn", "model.backbone=bbn_resnet20"]))
+    assert resolve_config(cfg) == cfg
     with pytest.raises(ConfigError, match="runs on one process"):
         BilateralBranchNetwork(ObjectiveSetup(class_counts=COUNTS, section=BBNSection(), gather_distributed=True))
 
@@ -202,3 +208,11 @@ def test_every_value_of_the_rival_configs_has_its_source():
 def test_the_shared_protocol_overrides_resolve():
     cfg = resolve_config(load_config(DIGITS.replace("digits_lt.yaml", "cifar10_lt_if100_acl.yaml"), SHARED_PROTOCOL))
     assert cfg.loss.sections == {"bbn": {"schedule_epochs": 0}} and cfg.data.batch_size == 128
+
+
+def test_the_objective_alone_trains_on_the_digits(tmp_path):
+    """``--set loss.objective=bbn`` alone: the method puts in its own part of the network (bbn_resnet8)."""
+    ltcl("train", "-c", DIGITS, *sets(*TINY, "loss.objective=bbn", "optim.epochs=1", "train.max_steps_per_epoch=1",
+                                      f"train.output_dir={tmp_path}"))  # fmt: skip
+    saved = (tmp_path / "digits_lt" / "config.yaml").read_text()
+    assert "  backbone: bbn_resnet8\n" in saved and (tmp_path / "digits_lt" / "results.json").is_file()

@@ -22,7 +22,7 @@ from ltcl.losses.tde import epoch_momentum
 from ltcl.methods import ObjectiveSetup, StepRecord, resolve_config
 from ltcl.methods.tde import TDESection, TotalDirectEffect
 from ltcl.models import CausalNormClassifier, build_network
-from tests.engine.test_training import DIGITS, REPO, TINY
+from tests.engine.test_training import DIGITS, REPO, TINY, ltcl, sets
 
 N, FEAT, C = 6, 8, 4
 
@@ -178,8 +178,10 @@ def test_a_state_dict_carries_the_average_and_the_hyperparameters():
 
 
 def test_the_config_checks():
-    with pytest.raises(ConfigError, match="set model.classifier=causal, got linear"):
-        resolve_config(load_config(DIGITS, ["loss.objective=tde"]))
+    # the objective alone turns the linear classifier into the causal one; another classifier is refused
+    assert resolve_config(load_config(DIGITS, ["loss.objective=tde"])).model.classifier == "causal"
+    with pytest.raises(ConfigError, match="set model.classifier=causal, got cosine"):
+        resolve_config(load_config(DIGITS, ["loss.objective=tde", "model.classifier=cosine"]))
     with pytest.raises(ConfigError, match="'loss.tde.num_heads' expects an integer >= 1"):
         resolve_config(load_config(DIGITS, ["loss.objective=tde", "model.classifier=causal", "loss.tde.num_heads=0"]))
     with pytest.raises(UserError, match="cannot be cut into 3 heads"):
@@ -280,3 +282,11 @@ def test_every_value_of_the_rival_configs_has_its_source():
 def test_the_shared_protocol_overrides_resolve():
     cfg = resolve_config(load_config(DIGITS.replace("digits_lt.yaml", "cifar10_lt_if100_acl.yaml"), SHARED_PROTOCOL))
     assert cfg.loss.sections["tde"]["alpha"] == 1.0 and cfg.data.batch_size == 128
+
+
+def test_the_objective_alone_trains_on_the_digits(tmp_path):
+    """``--set loss.objective=tde`` alone: the method puts in its own part of the network (model.classifier causal)."""
+    ltcl("train", "-c", DIGITS, *sets(*TINY, "loss.objective=tde", "optim.epochs=1", "train.max_steps_per_epoch=1",
+                                      f"train.output_dir={tmp_path}"))  # fmt: skip
+    saved = (tmp_path / "digits_lt" / "config.yaml").read_text()
+    assert "  classifier: causal\n" in saved and (tmp_path / "digits_lt" / "results.json").is_file()

@@ -246,6 +246,14 @@ class Objective(nn.Module):
         return cls.section_name or cls.name
 
     @classmethod
+    def adapt_config(cls, cfg: Any) -> Any:
+        """``cfg`` with the part of the network that is the method itself put in where the config names its plain
+        counterpart (BBN's two-branch twin of the backbone, TDE's causal classifier), so that ``--set
+        loss.objective=NAME`` alone trains the method; called before :meth:`check_config`. The header and the saved
+        config show the result. The default changes nothing."""
+        return cfg
+
+    @classmethod
     def check_config(cls, cfg: Any) -> None:
         """Refuses settings the method cannot train with (called when the config is resolved, before any data is
         read); raise :class:`ltcl.config.ConfigError` with one sentence naming the key to change."""

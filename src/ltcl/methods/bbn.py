@@ -27,7 +27,7 @@ lib/dataset/imbalance_cifar.py ``__getitem__``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -68,6 +68,15 @@ class BilateralBranchNetwork(Objective):
     Section = BBNSection
     network_views = 0  # the method runs the bilateral network itself on view 1 of both batches
     second_sampler = "reversed"
+
+    @classmethod
+    def adapt_config(cls, cfg):
+        """A plain backbone with a bilateral-branch twin (resnet32 -> bbn_resnet32) becomes the twin."""
+        bbn = backbone_family("bbn_resnet32")
+        twin = f"bbn_{cfg.model.backbone}"
+        if backbone_family(cfg.model.backbone) is not bbn and twin in bbn.names:
+            return replace(cfg, model=replace(cfg.model, backbone=twin))
+        return cfg
 
     @classmethod
     def check_config(cls, cfg) -> None:

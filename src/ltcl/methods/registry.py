@@ -145,7 +145,8 @@ def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
     fine-tuning mode must be registered, and each method checks the settings it needs (``check_config``).
     Sections of registered methods (and mixing strategies) that ``loss.objective`` (``loss.mixing``) does not use
     are checked and then left out (the saved config holds only what the run used); a section no method or strategy
-    owns is refused. Mixing applies to a classification loss: a whole objective (``gpaco``) refuses it. Idempotent.
+    owns is refused. Mixing applies to a classification loss: a whole objective (``gpaco``) refuses it. A method may
+    first put in the part of the network that is the method itself (``Objective.adapt_config``). Idempotent.
 
     Raises:
         ConfigError: an unknown objective or section, or a bad value in a section (one sentence naming the key).
@@ -178,6 +179,8 @@ def resolve_config(cfg: Config, *, with_plugins: bool = True) -> Config:
             raise ConfigError(f"Unknown config section 'loss.{name}' (method and mixing sections: {known}).")
         typed[name] = from_dict(values, owners[name].Section, f"loss.{name}.")
     sections = {}
+    for cls in parts:
+        cfg = cls.adapt_config(cfg)
     for cls in [*parts, *([mixing] if mixing is not None else [])]:
         cls.check_config(cfg)
         if cls.Section is not None:

@@ -20,7 +20,7 @@ authors read their per-epoch scheduler after its step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,13 @@ class TotalDirectEffect(Objective):
     paper = "Tang et al., causal model with TDE, NeurIPS 2020"
     Section = TDESection
     needs_features = True  # for the tde_cos statistic
+
+    @classmethod
+    def adapt_config(cls, cfg):
+        """The plain linear classifier becomes the causal one (any other classifier is refused below)."""
+        if cfg.model.classifier == "linear":
+            return replace(cfg, model=replace(cfg.model, classifier="causal"))
+        return cfg
 
     @classmethod
     def check_config(cls, cfg) -> None:
