@@ -286,7 +286,8 @@ def test_the_shared_protocol_overrides_resolve():
 
 def test_the_objective_alone_trains_on_the_digits(tmp_path):
     """``--set loss.objective=tde`` alone: the method puts in its own part of the network (model.classifier causal)."""
-    ltcl("train", "-c", DIGITS, *sets(*TINY, "loss.objective=tde", "optim.epochs=1", "train.max_steps_per_epoch=1",
-                                      f"train.output_dir={tmp_path}"))  # fmt: skip
+    one_step = ["optim.epochs=1", "train.max_steps_per_epoch=1", f"train.output_dir={tmp_path}"]
+    proc = ltcl("train", "-c", DIGITS, *sets(*TINY, "loss.objective=tde", *one_step))
+    assert "  loss   tde (cross-entropy on the causal classifier" in proc.stdout  # the name once, then its terms
     saved = (tmp_path / "digits_lt" / "config.yaml").read_text()
     assert "  classifier: causal\n" in saved and (tmp_path / "digits_lt" / "results.json").is_file()

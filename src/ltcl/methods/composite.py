@@ -97,7 +97,9 @@ class ClassifyAndContrast(Objective):
         if self.contrastive is not None:
             weights.append(f"alpha {self.alpha}")
         described = [p.describe() for p in self._parts() if p.describe() != p.name]
-        return ", ".join([self.name, *weights, *described, *self._describe_mixing()])
+        # a lone classification loss that describes itself already starts with the name ("tde (...)", not "tde, tde")
+        name = [] if described and described[0].startswith(f"{self.name} (") else [self.name]
+        return ", ".join([*name, *weights, *described, *self._describe_mixing()])
 
     def _describe_mixing(self) -> list[str]:
         if self.mixing is None:
