@@ -378,15 +378,19 @@ def test_two_processes_keep_identical_queues_and_equal_one_process(tmp_path):
 # Configs and the command line
 
 
-def test_the_config_must_give_three_views_and_a_cosine_classifier():
+def test_the_config_must_give_three_views_and_a_cosine_classifier_or_a_linear_one_to_replace():
     cfg = load_config(DIGITS)
     good = replace(cfg, loss=replace(cfg.loss, objective="gml"),
                    model=replace(cfg.model, classifier="cosine", cosine_scale=30.0))  # fmt: skip
     assert resolve_config(good).loss.sections["gml"]["queue_size"] == 4096
     with pytest.raises(ConfigError, match="views.num_views >= 3"):
         resolve_config(replace(good, views=replace(good.views, num_views=2)))
-    with pytest.raises(ConfigError, match="model.classifier=cosine"):
-        resolve_config(replace(good, model=replace(good.model, classifier="linear")))
+    with pytest.raises(ConfigError, match="model.classifier=cosine and model.cosine_scale=30; got causal"):
+        resolve_config(replace(good, model=replace(good.model, classifier="causal")))
+    # the plain linear classifier of a config becomes the authors' cosine one; a cosine one keeps its scale
+    adapted = resolve_config(replace(good, model=replace(good.model, classifier="linear", cosine_scale=16.0))).model
+    assert (adapted.classifier, adapted.cosine_scale) == ("cosine", 30.0)
+    assert resolve_config(replace(good, model=replace(good.model, cosine_scale=20.0))).model.cosine_scale == 20.0
 
 
 @pytest.mark.parametrize("name", ["cifar10_lt_if100", "cifar100_lt_if100", "imagenet_lt_x50"])

@@ -33,7 +33,7 @@ cifar_main.py ``train``), and how ltcl does:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -88,6 +88,13 @@ class GML(Objective):
     balanced_logits = True  # see docs/conventions.md, "Evaluation report"
     Section = GMLSection
     needs_projections = True
+
+    @classmethod
+    def adapt_config(cls, cfg):
+        """The plain linear classifier becomes GML's cosine classifier at the authors' scale 1/T_s = 30."""
+        if cfg.model.classifier == "linear":
+            return replace(cfg, model=replace(cfg.model, classifier="cosine", cosine_scale=30.0))
+        return cfg
 
     @classmethod
     def check_config(cls, cfg) -> None:
