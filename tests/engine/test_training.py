@@ -79,6 +79,14 @@ def assert_reported(reported: dict, fresh) -> None:
     assert_same_accuracy(reported, fresh.as_dict())
 
 
+def assert_same_checkpoints(want: dict, got: dict) -> None:
+    """Two checkpoints hold the same model and objective tensors, bit for bit, under the same keys."""
+    for part in ("model", "objective"):
+        assert want[part].keys() == got[part].keys(), part
+        for key in want[part]:
+            assert torch.equal(want[part][key], got[part][key]), (part, key)
+
+
 def straight_and_resumed(tmp_path: Path, overrides: list[str], stop_at: int):
     """Trains the digits config with ``overrides`` straight through (``tmp_path/straight``), and again in a fresh
     process that SIGTERM stops at step ``stop_at`` and that is then resumed (``tmp_path/stopped``). Asserts that the
@@ -95,10 +103,7 @@ def straight_and_resumed(tmp_path: Path, overrides: list[str], stop_at: int):
     ltcl("train", "--resume", str(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt"))
     want = torch.load(tmp_path / "straight" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
     got = torch.load(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
-    for part in ("model", "objective"):
-        assert want[part].keys() == got[part].keys()
-        for key in want[part]:
-            assert torch.equal(want[part][key], got[part][key]), (part, key)
+    assert_same_checkpoints(want, got)
     return straight, want, tmp_path / "straight" / "digits_lt"
 
 

@@ -26,7 +26,7 @@ from ltcl.methods import ObjectiveSetup, StepRecord, resolve_config
 from ltcl.methods.gml import GML, GMLSection
 from ltcl.models.heads import CosineClassifier, ProjectionHead
 from ltcl.models.network import LongTailNetwork, build_network
-from tests.engine.test_training import DIGITS, REPO, TINY, sets
+from tests.engine.test_training import DIGITS, REPO, TINY, assert_same_checkpoints, sets
 
 COUNTS = [40, 15, 6, 3, 1]
 
@@ -432,10 +432,7 @@ def test_gml_trains_from_the_cli_and_resumes_to_the_same_weights(tmp_path):
     assert resumed.returncode == 0, err
     want = torch.load(tmp_path / "straight" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
     got = torch.load(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
-    for part in ("model", "objective"):
-        assert want[part].keys() == got[part].keys()
-        for key in want[part]:
-            assert torch.equal(want[part][key], got[part][key]), (part, key)
+    assert_same_checkpoints(want, got)
     assert want["objective"]["queue.seen"].item() == 4 * 16
     header = (tmp_path / "straight" / "digits_lt" / "metrics.csv").read_text().splitlines()[0]
     assert "loss_sup,loss_con,loss_con_t,loss_kd,temperature,queue_fill" in header

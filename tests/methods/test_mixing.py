@@ -27,7 +27,7 @@ from ltcl.losses.mixing import (
 )
 from ltcl.methods import MIXINGS, StepRecord, build_objective, resolve_config
 from ltcl.models.network import NetworkOutput
-from tests.engine.test_training import DIGITS, TINY, ltcl, sets
+from tests.engine.test_training import DIGITS, TINY, assert_same_checkpoints, ltcl, sets
 from tests.losses.reference import scl_reference
 
 COUNTS = [300, 100, 30, 10]  # ratios 3 and 10 between classes: Remix's kappa 3 bites
@@ -375,7 +375,4 @@ def test_cutmix_with_a_contrastive_term_trains_and_resumes_to_the_same_weights(t
     want = torch.load(tmp_path / "straight" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
     got = torch.load(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
     assert int(want["objective"]["mixing._extra_state"]) == 3  # the step counter: 3 steps
-    for part in ("model", "objective"):
-        assert want[part].keys() == got[part].keys()
-        for key in want[part]:
-            assert torch.equal(want[part][key], got[part][key]), (part, key)
+    assert_same_checkpoints(want, got)

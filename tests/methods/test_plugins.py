@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from ltcl.engine.interrupts import TEST_SIGNAL_AT_STEP
-from tests.engine.test_training import DIGITS, TINY, sets
+from tests.engine.test_training import DIGITS, TINY, assert_same_checkpoints, sets
 from tests.run_ltcl import run_ltcl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,9 +106,7 @@ def test_a_plugin_method_and_backbone_train_resume_exactly_and_evaluate(tmp_path
     ltcl("train", "--resume", str(run / "checkpoint_last.pt"))
     want = torch.load(tmp_path / "straight" / "run" / "checkpoint_last.pt", weights_only=True)
     got = torch.load(run / "checkpoint_last.pt", weights_only=True)
-    for part in ("model", "objective"):
-        assert want[part].keys() == got[part].keys()
-        assert all(torch.equal(want[part][k], got[part][k]) for k in want[part]), part
+    assert_same_checkpoints(want, got)
     assert float(got["objective"]["steps_seen"]) == 6 and float(got["objective"]["epochs_started"]) == 2
     assert float(got["objective"]["log_temperature"]) != 0  # the method's own parameter trained
     with (run / "metrics.csv").open() as file:

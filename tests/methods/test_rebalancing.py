@@ -24,7 +24,7 @@ from ltcl.losses import ClassBalancedLoss, LADELoss, class_balanced_loss, lade_l
 from ltcl.methods import OBJECTIVES, StepRecord, build_objective, resolve_config
 from ltcl.models import LinearClassifier
 from tests.engine.test_host_syncs import CountSyncs
-from tests.engine.test_training import DIGITS, REPO, TINY
+from tests.engine.test_training import DIGITS, REPO, TINY, assert_same_checkpoints
 from tests.methods import lade_distributed
 from tests.methods.lade_distributed import PER_RANK, WORLD
 
@@ -312,7 +312,4 @@ def test_trains_on_the_digits(tmp_path, monkeypatch, name):
     plan = plan_resume(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt")
     train(plan.cfg, resume=plan)
     got = torch.load(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
-    for part in ("model", "objective"):
-        assert saved[part].keys() == got[part].keys()
-        for key in saved[part]:
-            assert torch.equal(saved[part][key], got[part][key]), (part, key)
+    assert_same_checkpoints(saved, got)

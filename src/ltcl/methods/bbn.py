@@ -36,7 +36,7 @@ from ltcl.config.checks import AT_LEAST_0
 from ltcl.losses.bbn import bilateral_loss, bilateral_mix, cumulative_alpha, schedule_length
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
 from ltcl.methods.registry import register_objective
-from ltcl.models import backbone_family
+from ltcl.models import BACKBONES, backbone_family
 
 
 @dataclass
@@ -72,9 +72,8 @@ class BilateralBranchNetwork(Objective):
     @classmethod
     def adapt_config(cls, cfg):
         """A plain backbone with a bilateral-branch twin (resnet32 -> bbn_resnet32) becomes the twin."""
-        bbn = backbone_family("bbn_resnet32")
         twin = f"bbn_{cfg.model.backbone}"
-        if backbone_family(cfg.model.backbone) is not bbn and twin in bbn.names:
+        if backbone_family(cfg.model.backbone).name != "bbn" and twin in BACKBONES.get("bbn").names:
             return replace(cfg, model=replace(cfg.model, backbone=twin))
         return cfg
 
