@@ -94,6 +94,32 @@ def test_the_loss_and_its_gradients_match_the_reference(labels, epoch):
     torch.testing.assert_close(out.parts["loss_rebalancing"], nn.functional.cross_entropy(z, y_r).detach())
 
 
+@pytest.mark.parametrize("epoch", [0, 2, 3])
+def test_the_train_accuracy_counts_each_row_against_both_labels_weighted_by_alpha(epoch):
+    """The authors' count (combiner.py bbn_mix): alpha for the main label, 1 - alpha for the reversed one."""
+    g = torch.Generator().manual_seed(10 + epoch)
+    f_c, f_r = torch.randn(B, F, generator=g), torch.randn(B, F, generator=g)
+    classifier = nn.Linear(2 * F, C)
+    bbn = method(epochs=4)
+    bbn.set_epoch(epoch)
+    # labels that the prediction hits: main only (rows 0-1), both (row 2), reversed only (rows 3-4), neither (5)
+    predicted = classifier(bilateral_mix(f_c, f_r, bbn.alpha)).argmax(1)
+    y_c, y_r = (predicted + 1) % C, (predicted + 2) % C
+    y_c[:3], y_r[2:5] = predicted[:3], predicted[2:5]
+    model = SimpleNamespace(backbone=FeatureBranches(), classifier=classifier)
+    second = MultiViewBatch([f_r], [[0]], y_r, torch.ones(1, B, dtype=torch.bool))
+    step = StepRecord(None, y_c, None, torch.zeros(0, dtype=torch.bool), 0, B, model, images=[f_c],
+                      group_views=[[0]], second=second)  # fmt: skip
+    out = bbn(step)
+    z = classifier(bilateral_mix(f_c, f_r, bbn.alpha)).tolist()
+    want = 0.0
+    for i in range(B):
+        best = max(range(C), key=lambda j: z[i][j])
+        want += bbn.alpha * (best == int(y_c[i])) + (1.0 - bbn.alpha) * (best == int(y_r[i]))
+    assert want == pytest.approx(3 * bbn.alpha + 3 * (1.0 - bbn.alpha))
+    assert out.correct.item() == pytest.approx(want, abs=1e-9)
+
+
 def test_at_alpha_0_only_the_reversed_labels_count_and_the_inputs_are_checked():
     g = torch.Generator().manual_seed(3)
     z = torch.randn(B, C, generator=g, dtype=torch.float64)

@@ -55,6 +55,28 @@ def test_a_method_may_ask_for_a_second_batch_and_run_the_network_itself(tmp_path
     assert "reversed" in SAMPLERS
 
 
+@ltcl.register_objective
+class OwnCountProbe(Objective):
+    """Cross-entropy on view 1, and a count of correct images of its own: a quarter of every batch."""
+
+    name = "test_own_count_probe"
+    role = "objective"
+    paper = "a test method"
+
+    def forward(self, step):
+        b = step.batch_size
+        quarter = torch.full((), 0.25 * b, dtype=torch.float64, device=step.logits.device)
+        return LossOutput(F.cross_entropy(step.logits[:b].float(), step.labels[:b]), {}, correct=quarter)
+
+
+def test_a_method_may_count_its_correct_images_itself(tmp_path):
+    """LossOutput.correct replaces the argmax count in the train accuracy (BBN's alpha-weighted count)."""
+    overrides = [*TINY, "loss.objective=test_own_count_probe", "optim.epochs=1", "train.max_steps_per_epoch=3",
+                 "train.tensorboard=false", f"train.output_dir={tmp_path}"]  # fmt: skip
+    result = train(load_config(DIGITS, overrides))
+    assert [r["train_acc"] for r in result.history] == [25.0]
+
+
 def test_eval_bias_changes_evaluation_logits_only_and_old_state_dicts_load():
     head = LinearClassifier(4, 3)
     features = torch.randn(5, 4)

@@ -140,8 +140,11 @@ def training_step(state: TrainState, batch: MultiViewBatch, second: MultiViewBat
         with torch.no_grad():
             state.objective.after_step(step)
             b = mb.batch_size
-            predicted = out.logits if out.logits is not None else step.logits
-            hits = (predicted[:b].argmax(1) == mb.labels).sum()
+            if out.correct is not None:
+                hits = out.correct
+            else:
+                predicted = out.logits if out.logits is not None else step.logits
+                hits = (predicted[:b].argmax(1) == mb.labels).sum()
             stats = (out.parts[n].double() for n in state.objective.stat_names)
             part = torch.stack([out.loss.detach().double(), *stats])
             values = part * share if values is None else values + part * share

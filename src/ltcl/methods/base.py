@@ -120,11 +120,15 @@ class LossOutput(NamedTuple):
             (``loss_cls``, ``loss_con``, a method's own quantities); the names are the objective's ``stat_names``.
         logits: (B, C) the predictions the train accuracy counts, when the method ran the network itself
             (``network_views`` 0); None: the first view's ``step.logits``.
+        correct: 0-d count of the step's correctly classified images, for a method whose predictions answer
+            more than the batch's labels (BBN's mixed logits: two images, two labels each); None: the argmax of
+            ``logits`` against ``step.labels``.
     """
 
     loss: Tensor
     parts: dict[str, Tensor]
     logits: Tensor | None = None
+    correct: Tensor | None = None
 
 
 @dataclass(frozen=True)
