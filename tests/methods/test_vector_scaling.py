@@ -55,7 +55,7 @@ def test_value_and_gradient_match_the_float64_loop(labels):
     loss = objective()(step).loss
     loss.backward()
     want, want_grad = reference(logits.detach(), labels)
-    assert float(loss) == pytest.approx(want, rel=1e-12)
+    assert loss.item() == pytest.approx(want, rel=1e-12)
     torch.testing.assert_close(logits.grad, want_grad, rtol=1e-10, atol=1e-14)
 
 
