@@ -189,3 +189,25 @@ def test_the_shared_protocol_overrides_resolve():
     cfg = resolve_config(load_config(DIGITS.replace("digits_lt.yaml", "cifar10_lt_if100_acl.yaml"), SHARED_PROTOCOL))
     assert cfg.model.backbone == "resnet32" and cfg.data.batch_size == 128 and cfg.optim.epochs == 20
     assert cfg.loss.sections["dscl"]["queue_size"] % cfg.data.batch_size == 0
+
+
+def test_the_patches_normalise_with_their_own_statistics_and_leave_the_running_ones_to_the_images(fixed_boxes):
+    """PBSD's patches and RoI rows use batch statistics in the forward (train mode) but do not enter BatchNorm's
+    running averages: after a step these hold the engine's forward of the views alone."""
+    model, objective, groups, labels = setup("model.projection_bn=true")
+    step = engine_step(model, groups, labels)  # the views' forward: the running statistics move here
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    assert any(isinstance(m, nn.BatchNorm1d) for m in bns)  # the projection head's, which the teachers go through
+    after_views = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in bns]
+    out = objective(step)
+    for m, (mean, var, count) in zip(bns, after_views):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert int(m.num_batches_tracked) == count
+    # (test_one_step_feeds_the_losses_what_the_method_defines checks that the students still normalise with their
+    # own batch's statistics: its reference PBSD runs the patches through the network in train mode.)
+    assert out.parts["loss_pbsd"].item() > 0
+    probe = copy.deepcopy(model)
+    before = [m.running_mean.clone() for m in probe.modules() if isinstance(m, nn.BatchNorm2d)]
+    probe(groups[0][:B])  # the check above can fail: an unguarded forward in train mode does move them
+    moved = [m.running_mean for m in probe.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert any(not torch.equal(a, b) for a, b in zip(before, moved))

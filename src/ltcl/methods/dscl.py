@@ -25,7 +25,9 @@ What ltcl does differently, and why:
   in every step, and a frozen backbone (or, in stage 1, an unused classifier) stops it; both need engine changes.
   The classifier's weight decay is the run's (the authors' stage 2 uses none), its learning rate the run's.
   The authors' stage 2 also runs the frozen backbone in train mode (``equal_lincls.py`` line 356), so its
-  BatchNorm statistics are re-estimated on class-balanced batches; here they are those of stage-1 training.
+  BatchNorm statistics are re-estimated on class-balanced batches of whole images; here they are those of the
+  training views (instance-sampled), the patches' forwards kept out of them
+  (:func:`~ltcl.methods.dscl_patches.running_statistics_kept`).
 - Patches are cut on the device from the query view that the network saw (RoIAlign with adaptive sampling, which
   averages when it shrinks, like PIL's bilinear resize), with a random horizontal flip each; in the authors' loader
   they are cut before the query's colour augmentation and get colour jitter, grayscale and blur of their own. Here
@@ -63,7 +65,14 @@ from ltcl.config.checks import AT_LEAST_0, AT_LEAST_1, MOMENTUM, NON_NEGATIVE, c
 from ltcl.dist import distributed_world
 from ltcl.losses.dscl import DSCLLoss
 from ltcl.methods.base import LossOutput, Objective, ObjectiveSetup, StepRecord
-from ltcl.methods.dscl_patches import _at_least_float32, box_rois, cut_patches, global_pool, sample_patch_boxes
+from ltcl.methods.dscl_patches import (
+    _at_least_float32,
+    box_rois,
+    cut_patches,
+    global_pool,
+    running_statistics_kept,
+    sample_patch_boxes,
+)
 from ltcl.methods.registry import register_objective
 
 _RANGE = check(lambda v: len(v) == 2 and 0 < v[0] <= v[1], "two numbers 0 < low <= high")
@@ -234,17 +243,20 @@ class DecoupledSupCon(Objective):
             flip = torch.rand(patches.shape[0], device=patches.device, generator=generator) < 0.5
             patches = torch.where(flip[:, None, None, None], patches.flip(-1), patches)
         patches = patches.to(images.dtype)
-        with torch.no_grad():
-            scale = feature_map.shape[-1] / width  # the map's stride: 1/32 for ResNet-50, as the code's spatial_scale
-            feature_map = _at_least_float32(feature_map)
-            rois = rois.to(feature_map.dtype)
-            pooled = roi_align(feature_map, rois, s.roi_size, spatial_scale=scale, sampling_ratio=-1, aligned=False)
-            teachers = F.normalize(model.projection(pooled.mean(dim=(2, 3))), dim=1)
-        self._capturing = False
-        try:
-            students = [model(part, with_projection=True).projections for part in patches.split(batch)]
-        finally:
-            self._capturing = True
+        # The teachers' RoI rows (through a projection head that may hold BatchNorm) and the patches are not
+        # images: their statistics stay out of the running averages (running_statistics_kept says why).
+        with running_statistics_kept(model):
+            with torch.no_grad():
+                scale = feature_map.shape[-1] / width  # the map's stride: 1/32 for ResNet-50, the code's spatial_scale
+                feature_map = _at_least_float32(feature_map)
+                rois = rois.to(feature_map.dtype)
+                pooled = roi_align(feature_map, rois, s.roi_size, spatial_scale=scale, sampling_ratio=-1, aligned=False)
+                teachers = F.normalize(model.projection(pooled.mean(dim=(2, 3))), dim=1)
+            self._capturing = False
+            try:
+                students = [model(part, with_projection=True).projections for part in patches.split(batch)]
+            finally:
+                self._capturing = True
         return self.loss.distillation(students, teachers.split(batch), keys)
 
     @torch.no_grad()
