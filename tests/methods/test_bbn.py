@@ -21,7 +21,7 @@ from ltcl.methods import ObjectiveSetup, StepRecord, resolve_config
 from ltcl.methods.bbn import BBNSection, BilateralBranchNetwork, first_view
 from ltcl.models import build_backbone
 from ltcl.models.resnet_cifar import BasicBlock
-from tests.engine.test_training import DIGITS, REPO, TINY, ltcl, sets
+from tests.engine.test_training import DIGITS, REPO, TINY, assert_same_checkpoints, ltcl, sets
 
 B, F, C = 6, 4, 5
 COUNTS = (50, 20, 10, 5, 2)
@@ -200,9 +200,7 @@ def test_bbn_trains_from_the_command_line_and_resumes_to_the_same_weights(tmp_pa
     ltcl("train", "--resume", str(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt"))
     want = torch.load(tmp_path / "straight" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
     got = torch.load(tmp_path / "stopped" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
-    assert want["model"].keys() == got["model"].keys() and want["objective"].keys() == got["objective"].keys()
-    for key in want["model"]:  # the second (reversed) stream resumed mid-epoch too, or these would differ
-        assert torch.equal(want["model"][key], got["model"][key]), key
+    assert_same_checkpoints(want, got)  # the second (reversed) stream resumed mid-epoch too, or these would differ
     assert any(k.startswith("backbone.rebalancing.") for k in want["model"])
     with open(tmp_path / "straight" / "digits_lt" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

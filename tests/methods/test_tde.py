@@ -22,7 +22,7 @@ from ltcl.losses.tde import epoch_momentum
 from ltcl.methods import ObjectiveSetup, StepRecord, resolve_config
 from ltcl.methods.tde import TDESection, TotalDirectEffect
 from ltcl.models import CausalNormClassifier, build_network
-from tests.engine.test_training import DIGITS, REPO, TINY, ltcl, sets
+from tests.engine.test_training import DIGITS, REPO, TINY, assert_same_checkpoints, ltcl, sets
 
 N, FEAT, C = 6, 8, 4
 
@@ -233,9 +233,7 @@ def test_it_trains_resumes_to_the_same_weights_and_its_checkpoint_predicts_with_
     train(plan.cfg, resume=plan)
     want = torch.load(tmp_path / "straight" / "digits_lt" / "checkpoint_last.pt", weights_only=True)
     got = torch.load(stopped, weights_only=True)
-    assert want["model"].keys() == got["model"].keys()
-    for key in want["model"]:
-        assert torch.equal(want["model"][key], got["model"][key]), key
+    assert_same_checkpoints(want, got)
     assert float(want["model"]["classifier.alpha"]) == 1.5 and want["model"]["classifier.direction"].abs().sum() > 0
     # What `ltcl eval` and `ltcl predict` load: the backbone's features through the TDE rule, alpha 1.5.
     trained = load_trained_model(stopped, ["data.num_workers=0"], device="cpu")
