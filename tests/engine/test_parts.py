@@ -45,7 +45,7 @@ def test_cosine_decays_from_lr_to_zero_after_warmup():
     [
         (["optim.schedule=linear"], "'optim.schedule' expects one of step, cosine"),
         (["optim.epochs=0"], "'optim.epochs' expects an integer >= 1, got 0"),
-        (["optim.warmup_epochs=300"], "optim.warmup_epochs must be between 0 and optim.epochs"),
+        (["optim.warmup_epochs=300"], "optim.epochs (30), got 300: lower it with --set optim.warmup_epochs=N."),
         (["optim.lr=0"], "'optim.lr' expects a positive finite number, got 0.0"),
         (["optim.milestones=[180, 160]"], "optim.milestones must be increasing"),
     ],

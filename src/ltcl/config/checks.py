@@ -82,7 +82,10 @@ def validate(cfg: Any) -> None:
     check_fields(cfg)
     optim, views = cfg.optim, cfg.views
     if optim.warmup_epochs > optim.epochs:
-        raise ConfigError(f"optim.warmup_epochs must be between 0 and optim.epochs, got {optim.warmup_epochs}.")
+        raise ConfigError(
+            f"optim.warmup_epochs must be between 0 and optim.epochs ({optim.epochs}), got {optim.warmup_epochs}: "
+            f"lower it with --set optim.warmup_epochs=N."
+        )
     if sorted(optim.milestones) != list(optim.milestones):
         raise ConfigError(f"optim.milestones must be increasing, got {optim.milestones}.")
     if cfg.data.batch_size % optim.accumulate_steps:
