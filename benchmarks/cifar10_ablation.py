@@ -217,7 +217,12 @@ REFITS = {
     f"{source}_{method}": (f"{SETTINGS[source][0].removesuffix(' (ours)')}, then {label}", source, method)
     for source in ("ce_1view", "bs_1view", "bs_acl")
     for method, label in REFIT_METHODS.items()
-} | {"ce_mixup_mislas": ("MiSLAS (CE + mixup, then its stage 2)", "ce_mixup", "mislas")}
+} | {
+    "ce_mixup_mislas": ("MiSLAS (CE + mixup, then its stage 2)", "ce_mixup", "mislas"),
+    # DSCL's authors train its classifier in a second stage: class-balanced, on the frozen backbone (equal_lincls.py).
+    # ltcl's one-command DSCL trains it jointly; cRT on its last checkpoint is the nearest to their stage 2.
+    "dscl_crt": ("DSCL, then cRT", "dscl", "crt"),
+}
 LABELS = {name: label for name, (label, _) in SETTINGS.items()} | {name: r[0] for name, r in REFITS.items()}
 # The order runs are made in: what the issue asks first, then the second seeds and the rivals.
 PLAN = [
