@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.engine.test_training import evaluated_again
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -177,3 +179,19 @@ def test_the_parameter_counts_follow_from_the_shapes_of_a_vit():
     assert cells["ssf"][0] == f"{depth * 2 * (d + d + 3 * d + d + 4 * d + d):,}"
     (adaptformer,) = table_rows(out, "adaptformer (:4)")
     assert adaptformer[1] == f"{depth * (2 * d + (d * 4 + 4) + (4 * d + d) + 1):,}"  # LN, down, up, scale
+
+
+def test_the_gpaco_queue_start_check_compares_both_starts_on_the_same_step():
+    out = run_benchmark("gpaco_queue_start.py", "--trials", "1", "--sizes", "CIFAR-100-LT")
+    rows = table_rows(out, "CIFAR-100-LT")
+    assert [r[1] for r in rows] == ["random", "clustered"]
+    for row in rows:
+        assert row[2] == "8"  # 1024 keys, 128 pushed per step
+        random_start, empty_start = number(row[3]), number(row[4])
+        printed = float(row[5].rstrip("%"))
+        # with one draw the relative difference follows from the two printed losses (4 decimals)
+        assert printed == pytest.approx(100 * (random_start - empty_start) / empty_start, abs=0.06)
+        weights = [float(w) for w in row[6].split(" / ")]
+        # random labels add sample positives, so the own-centre weight can only fall
+        assert 0 < weights[0] < weights[1] <= 1
+        assert -1 <= float(row[7]) <= 1

@@ -15,7 +15,8 @@ As the authors build it (dvlab-research/Parametric-Contrastive-Learning, GPaCo/L
   network's own projection head (``model.projection_*``) is not built.
 - A queue of ``--moco-k`` keys with labels: the second view's normalised projections, detached, enqueued for the
   global batch after each step (builder lines 50-56 and 86-99). It starts with random keys and labels
-  (``loss.gpaco.queue_start: random``), or masked and empty (``empty``).
+  (``loss.gpaco.queue_start: random``), or masked and empty (``empty``). The random keys are gone after
+  ``K / B`` steps (B keys pushed per step); ``benchmarks/gpaco_queue_start.py`` measures what they change until then.
 
 What ltcl does differently, and why:
 
