@@ -12,8 +12,8 @@ sizes, on the same inputs for both starts:
 
 The projections are drawn, not trained: isotropic unit vectors ("random", a network at its start) and unit vectors
 around a direction per class ("clustered", within-class cosine about 0.5). Labels follow the long-tailed training
-counts (imbalance 100), logits are small random numbers. The paired 20-epoch CIFAR-10-LT runs (``gpaco`` and
-``gpaco_empty`` in ``cifar10_ablation.py``) measure what the start changes at the end of training.
+counts (``longtail_counts``, imbalance 100), logits are small random numbers. The paired 20-epoch CIFAR-10-LT runs
+(``gpaco`` and ``gpaco_empty`` in ``cifar10_ablation.py``) measure what the start changes at the end of training.
 
     python benchmarks/gpaco_queue_start.py
     python benchmarks/gpaco_queue_start.py --trials 3 --sizes CIFAR-100-LT
@@ -27,6 +27,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
+from ltcl.data.longtail import longtail_counts
 from ltcl.losses.gpaco import GPaCoLoss
 
 # name -> (classes C, queue K, key length D, batch B (keys pushed per step), alpha, temperature); the authors'
@@ -36,11 +37,6 @@ SIZES = {
     "CIFAR-100-LT": (100, 1024, 32, 128, 0.01, 0.05),
     "ImageNet-LT": (1000, 8192, 128, 128, 0.05, 0.2),
 }
-
-
-def long_tailed_counts(classes: int, imbalance: float = 100.0, head: int = 500) -> torch.Tensor:
-    """(C,) exponentially decaying training counts, head to tail ``imbalance`` : 1."""
-    return torch.tensor([round(head * imbalance ** (-c / (classes - 1))) for c in range(classes)], dtype=torch.float64)
 
 
 def projections(labels: torch.Tensor, dim: int, regime: str, generator: torch.Generator) -> torch.Tensor:
@@ -55,22 +51,21 @@ def projections(labels: torch.Tensor, dim: int, regime: str, generator: torch.Ge
 def first_step(size: str, regime: str, seed: int) -> dict[str, float]:
     """Loss, own-centre weight and projection gradient of the first step under both starts, on one draw."""
     classes, queue, dim, batch, alpha, temperature = SIZES[size]
-    counts = long_tailed_counts(classes)
+    counts = torch.tensor(longtail_counts(classes, 500, 100.0), dtype=torch.float64)  # CIFAR-100-LT's IF 100 profile
     generator = torch.Generator().manual_seed(seed)
     images = torch.multinomial(counts / counts.sum(), batch, replacement=True, generator=generator)
     labels = torch.cat([images, images])  # two views per image, both anchors
     z = projections(labels, dim, regime, generator)
     logits = 0.01 * torch.randn(labels.numel(), classes, generator=generator, dtype=torch.float64)
-    out = {}
+    out, grads = {}, []
     for start in ("random", "empty"):
         loss_fn = GPaCoLoss(counts, alpha=alpha, temperature=temperature, queue_size=queue, key_dim=dim,
                             queue_start=start, seed=seed).double()  # fmt: skip
         leaf = z.clone().requires_grad_(True)
         loss = loss_fn(leaf, labels, logits)
-        (grad,) = torch.autograd.grad(loss, leaf)
+        grads.append(torch.autograd.grad(loss, leaf)[0].flatten())
         out[f"loss_{start}"], out[f"weight_{start}"] = loss.item(), loss_fn.last_centre_weight.item()
-        out[f"grad_{start}"] = grad.flatten()
-    out["cosine"] = F.cosine_similarity(out.pop("grad_random"), out.pop("grad_empty"), dim=0).item()
+    out["cosine"] = F.cosine_similarity(*grads, dim=0).item()
     return out
 
 
